@@ -1,0 +1,310 @@
+"""Typed, frozen per-stage configs read from ``params.yaml``.
+
+``params.yaml`` has the top-level keys ``seed`` and ``lr`` and one section per stage. Each stage loads its
+section (plus the top-level keys it declares in ``TOP_LEVEL``) into a frozen dataclass. Unknown keys, wrong
+types and out-of-range values raise :class:`UserError` naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+import yaml
+
+from ganforge.errors import UserError
+
+_POWERS_OF_TWO = (8, 16, 32, 64, 128, 256)
+
+C = TypeVar("C", bound="StageConfig")
+
+# Top-level keys every params.yaml may carry, with the checks they get wherever a stage reads them.
+_TOP_LEVEL_FIELDS: dict[str, dict[str, Any]] = {
+    "seed": {"ge": 0},
+    "lr": {"gt": 0.0, "le": 1.0},
+}
+
+
+def _param(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, choices: tuple | None = None) -> Any:
+    """A dataclass field with range checks carried in its metadata."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items() if v is not None}
+    if isinstance(default, tuple):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Base of every stage config. ``SECTION`` names the params.yaml section; ``TOP_LEVEL`` the top-level
+    keys the stage reads besides its section."""
+
+    SECTION: ClassVar[str] = ""
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True)
+class PrepareConfig(StageConfig):
+    """Params of the prepare stage.
+
+    Args:
+        seed: base seed; the train/test split is a function of it.
+        source: where images come from. ``digits`` is scikit-learn's bundled 8x8 handwritten digits.
+        resolution: output side length in pixels, a power of two from 8 to 256.
+        test_fraction: share of each class held out as the test split.
+    """
+
+    SECTION: ClassVar[str] = "prepare"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
+    seed: int = 0
+    source: Literal["digits"] = "digits"
+    resolution: int = _param(16, choices=_POWERS_OF_TWO)
+    test_fraction: float = _param(0.2, gt=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig(StageConfig):
+    """Params of the train stage.
+
+    Args:
+        seed: base seed for weights, latents and batch order.
+        lr: Adam learning rate of both G and D.
+        arch: generator/discriminator family; ``seed`` is the article's fc 256-512-1024 + transposed-conv GAN.
+        z_dim: latent size.
+        batch_size: real images per D step.
+        kimg: training length in thousands of real images shown to D.
+        beta1, beta2: Adam betas.
+        log_interval_kimg: how often losses are logged, in kimg.
+    """
+
+    SECTION: ClassVar[str] = "train"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed", "lr")
+    seed: int = 0
+    lr: float = 0.0002
+    arch: Literal["seed"] = "seed"
+    z_dim: int = _param(100, ge=1, le=4096)
+    batch_size: int = _param(64, ge=1, le=65536)
+    kimg: float = _param(200.0, gt=0.0)
+    beta1: float = _param(0.5, ge=0.0, lt=1.0)
+    beta2: float = _param(0.999, ge=0.0, lt=1.0)
+    log_interval_kimg: float = _param(2.0, gt=0.0)
+
+
+@dataclass(frozen=True)
+class FeaturizerConfig(StageConfig):
+    """Params of the featurizer stage: the small domain CNN whose penultimate layer feeds FID.
+
+    Args:
+        seed: base seed for weights and batch order.
+        epochs: passes over the prepared training split.
+        batch_size: images per step.
+        lr: Adam learning rate of the classifier (independent of the GAN's top-level ``lr``).
+        width: channels of the first conv; later convs double it.
+        feature_dim: size of the penultimate (feature) layer.
+    """
+
+    SECTION: ClassVar[str] = "featurizer"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
+    seed: int = 0
+    epochs: int = _param(15, ge=1, le=1000)
+    batch_size: int = _param(128, ge=1, le=65536)
+    lr: float = _param(0.002, gt=0.0, le=1.0)
+    width: int = _param(32, ge=1, le=1024)
+    feature_dim: int = _param(64, ge=2, le=4096)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    """Params of the evaluate stage; together they pin the metric protocol that optimize reuses.
+
+    Args:
+        seed: seed of the generated latents (torch-fidelity's ``rng_seed``).
+        num_samples: generated images scored against the reference split.
+        reference_split: prepared split the generated images are compared with.
+        batch_size: images per generator/feature-extractor batch.
+        kid_subset_size: KID subset size; at most ``num_samples`` and the reference split's size.
+        kid_subsets: number of KID subsets.
+        grid_size: images in the sample grid.
+    """
+
+    SECTION: ClassVar[str] = "evaluate"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
+    seed: int = 0
+    num_samples: int = _param(2000, ge=2)
+    reference_split: Literal["train", "test"] = "train"
+    batch_size: int = _param(250, ge=1, le=65536)
+    kid_subset_size: int = _param(1000, ge=2)
+    kid_subsets: int = _param(100, ge=1)
+    grid_size: int = _param(64, ge=1, le=1024)
+
+
+@dataclass(frozen=True)
+class OptimizeConfig(StageConfig):
+    """Params of the optimize stage.
+
+    Args:
+        seed: seed of calibration and benchmark latents.
+        variants: variants to build and measure; ``fp32`` is always measured as the baseline.
+        batch: deployment batch size; the winner is the fastest at this batch.
+        warmup: untimed calls before timing each variant.
+        repeats: timed calls per variant; the median is reported.
+        threads: intra-op threads while timing; 0 means all cores. The resolved count is recorded.
+        max_fid_increase: quality budget, a variant qualifies if FID <= baseline FID * (1 + this).
+        calibration_batches: batches of latents fed to int8 observers.
+        int8_backend: torch.ao quantized engine. ``fbgemm`` is the default because this torch release's
+            ``x86`` engine computes quantized ConvTranspose2d wrongly (mean error ~0.58 on [-1, 1] outputs
+            against ~0.01 for fbgemm, measured on the seed generator).
+    """
+
+    SECTION: ClassVar[str] = "optimize"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
+    seed: int = 0
+    variants: tuple[Literal["fp32", "fused", "int8"], ...] = _param(("fp32", "fused", "int8"))
+    batch: int = _param(64, ge=1, le=65536)
+    warmup: int = _param(3, ge=0)
+    repeats: int = _param(30, ge=1)
+    threads: int = _param(0, ge=0, le=1024)
+    max_fid_increase: float = _param(0.1, ge=0.0)
+    calibration_batches: int = _param(8, ge=1)
+    int8_backend: Literal["fbgemm", "qnnpack", "x86"] = "fbgemm"
+
+
+@dataclass(frozen=True)
+class PackageConfig(StageConfig):
+    """Params of the package stage.
+
+    Args:
+        seed: seed of the sample grid and parity latents.
+        onnx_opset: ONNX opset of the export.
+        parity_batch: latents used to compare ONNX Runtime with PyTorch.
+        parity_max_abs_diff: largest allowed |onnx - torch| in output units ([-1, 1] images).
+        grid_size: images in the package's sample grid.
+    """
+
+    SECTION: ClassVar[str] = "package"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
+    seed: int = 0
+    onnx_opset: int = _param(17, ge=11, le=23)
+    parity_batch: int = _param(16, ge=1)
+    parity_max_abs_diff: float = _param(1e-3, gt=0.0)
+    grid_size: int = _param(64, ge=1, le=1024)
+
+
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
+    cls.SECTION: cls
+    for cls in (PrepareConfig, TrainConfig, FeaturizerConfig, EvaluateConfig, OptimizeConfig, PackageConfig)
+}
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Read a params file and check its top level: a mapping of known stage sections and top-level keys."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: params file not found") from None
+    try:
+        params = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "unknown line"
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise UserError(f"{path}: malformed YAML at {where}: {problem}") from None
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level, got {type(params).__name__}")
+    for key in params:
+        if key not in _TOP_LEVEL_FIELDS and key not in STAGE_CONFIGS:
+            known = sorted([*_TOP_LEVEL_FIELDS, *STAGE_CONFIGS])
+            raise UserError(f"{path}: unknown top-level key {key!r} (known: {', '.join(known)})")
+    return params
+
+
+def load_stage_config(cls: type[C], path: str | Path = "params.yaml") -> C:
+    """Load and validate one stage's config from a params file."""
+    params = read_params(path)
+    section = params.get(cls.SECTION)
+    if section is None:
+        raise UserError(f"{path}: missing section {cls.SECTION!r}")
+    if not isinstance(section, dict):
+        raise UserError(f"{path}: {cls.SECTION}: expected a mapping, got {section!r}")
+    values = {name: params[name] for name in cls.TOP_LEVEL if name in params}
+    for key, value in section.items():
+        if key in cls.TOP_LEVEL:
+            raise UserError(f"{path}: {cls.SECTION}.{key}: {key!r} is a top-level key; set it there")
+        values[key] = value
+    return config_from_dict(cls, values, source=str(path))
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "params") -> C:
+    """Build a config from a flat dict of section keys and top-level keys, validating every value."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    checked = {}
+    for key, value in values.items():
+        label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{key}"
+        if key not in known:
+            section_keys = sorted(k for k in known if k not in cls.TOP_LEVEL)
+            raise UserError(f"{source}: {label}: unknown key (known: {', '.join(section_keys)})")
+        meta = dict(known[key].metadata) or _TOP_LEVEL_FIELDS.get(key, {})
+        checked[key] = _check_value(f"{source}: {label}", value, hints[key], meta)
+    return cls(**checked)
+
+
+def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
+    """The resolved config as a JSON-able dict (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed or isinstance(value, bool):
+            raise UserError(f"{label}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{label}: expected a list, got {value!r}")
+        (item_hint, _ellipsis) = typing.get_args(hint)
+        items = tuple(_check_value(f"{label}[{i}]", v, item_hint, {}) for i, v in enumerate(value))
+        if len(set(items)) != len(items):
+            raise UserError(f"{label}: duplicate entries in {list(value)!r}")
+        return items
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{label}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{label}: expected an integer, got {value!r}")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{label}: expected a number, got {value!r}")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise UserError(f"{label}: expected a string, got {value!r}")
+    else:
+        raise AssertionError(f"unsupported config type {hint!r}")
+    _check_range(label, value, meta)
+    return value
+
+
+def _check_range(label: str, value: float, meta: dict[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise UserError(f"{label}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    bounds = (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
+              ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))
+    for key, sign, ok in bounds:
+        if key in meta and not ok(value, meta[key]):
+            raise UserError(f"{label}: expected a value {sign} {meta[key]}, got {value!r}")

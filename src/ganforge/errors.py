@@ -1,0 +1,8 @@
+"""The one error type for user mistakes: bad params, bad paths, bad data."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix. Entry points print it as one line and exit with code 2.
+
+    The message must name the offending key, file or value.
+    """

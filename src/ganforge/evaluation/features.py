@@ -1,0 +1,126 @@
+"""The domain feature network: a small CNN classifier trained on the prepared training split.
+
+Its penultimate layer is the feature space for FID, KID and precision/recall, and its logits feed the
+Inception Score, so FID works offline on any domain. It is registered with torch-fidelity in
+:mod:`ganforge.evaluation.fidelity`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ganforge.config import FeaturizerConfig, config_to_dict
+from ganforge.data import load_split
+from ganforge.files import sha256_file, write_json
+from ganforge.images import to_unit_range
+from ganforge.models.registry import load_weights, save_weights
+
+
+class DomainFeatureNet(nn.Module):
+    """Three conv blocks, global average pooling, a feature layer and a classifier head.
+
+    Args:
+        channels: input channels.
+        num_classes: classifier outputs.
+        width: channels of the first conv block; the next two double it.
+        feature_dim: size of the penultimate layer used as the feature space.
+
+    Input: uint8 images (B, C, H, W) of any side >= 8. Output: (features (B, feature_dim), logits (B, K)).
+    """
+
+    def __init__(self, channels: int, num_classes: int, width: int = 32, feature_dim: int = 64) -> None:
+        super().__init__()
+        self.config = {"channels": channels, "num_classes": num_classes, "width": width,
+                       "feature_dim": feature_dim}
+        blocks: list[nn.Module] = []
+        ch_in = channels
+        for i in range(3):
+            ch_out = width * 2**i
+            blocks += [nn.Conv2d(ch_in, ch_out, 3, padding=1), nn.BatchNorm2d(ch_out), nn.ReLU()]
+            if i < 2:
+                blocks.append(nn.MaxPool2d(2))
+            ch_in = ch_out
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature = nn.Linear(ch_in, feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_unit_range(images)  # (B, C, H, W) uint8 -> float in [-1, 1]
+        features = F.relu(self.feature(self.body(x)))  # (B, feature_dim)
+        return features, self.head(features)  # (B, feature_dim), (B, K)
+
+
+def save_featurizer(net: DomainFeatureNet, path: str | Path) -> None:
+    """Write the net as safetensors with its constructor config in the metadata."""
+    save_weights(net, path, {"config": net.config})
+
+
+def load_featurizer(path: str | Path) -> DomainFeatureNet:
+    """Rebuild a :class:`DomainFeatureNet` from a safetensors file written by :func:`save_featurizer`."""
+    from safetensors import safe_open
+
+    state = load_weights(path)
+    with safe_open(str(path), framework="pt") as f:
+        config = json.loads(f.metadata()["config"])
+    net = DomainFeatureNet(**config)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(net: DomainFeatureNet, images: np.ndarray, labels: np.ndarray, batch: int = 512) -> float:
+    """Top-1 accuracy on uint8 images (N, C, H, W)."""
+    net.eval()
+    correct = 0
+    for start in range(0, len(images), batch):
+        x = torch.from_numpy(np.array(images[start:start + batch]))
+        correct += int((net(x)[1].argmax(1) == torch.from_numpy(labels[start:start + batch])).sum())
+    return correct / max(1, len(images))
+
+
+def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str | Path,
+                     metrics_path: str | Path) -> dict[str, Any]:
+    """Train the domain classifier on the prepared training split; write weights and its test accuracy."""
+    train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
+    torch.manual_seed(cfg.seed)
+    order = torch.Generator().manual_seed(cfg.seed + 1)
+    net = DomainFeatureNet(train_split.channels, len(train_split.class_names), cfg.width, cfg.feature_dim)
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    images = torch.from_numpy(np.array(train_split.images))  # (N, C, R, R) uint8
+    labels = torch.from_numpy(train_split.labels)
+    steps_per_epoch = int(np.ceil(len(images) / cfg.batch_size))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+
+    net.train()
+    for _epoch in tqdm(range(cfg.epochs), desc="featurizer", unit="epoch", mininterval=1.0):
+        perm = torch.randperm(len(images), generator=order)
+        for start in range(0, len(images), cfg.batch_size):
+            idx = perm[start:start + cfg.batch_size]
+            x = images[idx]
+            # Random 1-pixel shifts keep the classifier from memorising exact pixel positions.
+            x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=order).tolist()), dims=(2, 3))
+            loss = F.cross_entropy(net(x)[1], labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    net.eval()
+
+    save_featurizer(net, out_path)
+    metrics = {
+        "test_accuracy": classifier_accuracy(net, test_split.images, test_split.labels),
+        "train_accuracy": classifier_accuracy(net, train_split.images, train_split.labels),
+        "feature_dim": cfg.feature_dim,
+        "weights_sha256": sha256_file(out_path),
+        "params": config_to_dict(cfg),
+    }
+    write_json(metrics_path, metrics)
+    return metrics

@@ -1,0 +1,54 @@
+"""Conversions between generator outputs and uint8 images, and sample grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from ganforge.files import atomic_path
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Map generator outputs in [-1, 1] to uint8 pixels. (B, C, H, W) float -> (B, C, H, W) uint8."""
+    return ((images.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Map uint8 pixels to floats in [-1, 1], the range generators produce. (B, C, H, W)."""
+    return images.float() / 127.5 - 1.0
+
+
+def save_grid(images: torch.Tensor, path: str | Path, min_width_px: int = 512) -> None:
+    """Save uint8 images (N, C, H, W) as one square-ish PNG grid, upscaled (nearest) to be viewable."""
+    assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
+    nrow = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
+    grid = make_grid(images, nrow=nrow, padding=1, pad_value=255)  # (C, H', W')
+    array = grid.permute(1, 2, 0).numpy()  # (H', W', C)
+    if array.shape[2] == 1:
+        array = array[:, :, 0]
+    image = Image.fromarray(np.ascontiguousarray(array))
+    scale = max(1, min_width_px // image.width)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def save_pngs(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -> list[Path]:
+    """Save uint8 images (N, C, H, W) as numbered PNGs; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        array = img.permute(1, 2, 0).numpy()
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+        path = out_dir / f"{start_index + i:06d}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+        paths.append(path)
+    return paths

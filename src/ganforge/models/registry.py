@@ -1,0 +1,98 @@
+"""Build generators and discriminators by name from a spec; save and load them as JSON + safetensors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ganforge.errors import UserError
+from ganforge.files import atomic_path, write_json
+from ganforge.models.seed import SeedDiscriminator, SeedGenerator
+
+_GENERATORS = {"seed": SeedGenerator}
+_DISCRIMINATORS = {"seed": SeedDiscriminator}
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Everything needed to rebuild a generator module, stored as JSON beside its weights.
+
+    Args:
+        arch: architecture name in the registry.
+        z_dim: latent size; inputs are (B, z_dim) standard-normal latents.
+        resolution: output side in pixels.
+        channels: output channels.
+    """
+
+    arch: str
+    z_dim: int
+    resolution: int
+    channels: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "spec") -> GeneratorSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = names - d.keys()
+        if missing:
+            raise UserError(f"{source}: missing generator keys {sorted(missing)}")
+        spec = cls(**{k: d[k] for k in names})
+        if spec.arch not in _GENERATORS:
+            raise UserError(f"{source}: unknown arch {spec.arch!r} (known: {', '.join(_GENERATORS)})")
+        return spec
+
+
+def build_generator(spec: GeneratorSpec) -> nn.Module:
+    """A freshly initialised generator for ``spec``."""
+    return _GENERATORS[spec.arch](z_dim=spec.z_dim, resolution=spec.resolution, channels=spec.channels)
+
+
+def build_discriminator(arch: str, resolution: int, channels: int) -> nn.Module:
+    """A freshly initialised discriminator of family ``arch``."""
+    return _DISCRIMINATORS[arch](resolution=resolution, channels=channels)
+
+
+def save_weights(module: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write the module's state dict as safetensors, atomically; ``metadata`` is stored as JSON strings."""
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+
+
+def save_generator(module: nn.Module, spec: GeneratorSpec, weights_path: str | Path) -> None:
+    """Write ``<weights_path>`` (safetensors) and the spec beside it as ``<stem>.json``, atomically."""
+    weights_path = Path(weights_path)
+    save_weights(module, weights_path, {"spec": spec.to_dict()})
+    write_json(weights_path.with_suffix(".json"), spec.to_dict())
+
+
+def load_generator(weights_path: str | Path) -> tuple[nn.Module, GeneratorSpec]:
+    """Rebuild a generator from ``<stem>.json`` and load ``<weights_path>``; returns (module in eval mode, spec)."""
+    from ganforge.files import read_json
+
+    weights_path = Path(weights_path)
+    spec_path = weights_path.with_suffix(".json")
+    spec = GeneratorSpec.from_dict(read_json(spec_path), source=str(spec_path))
+    module = build_generator(spec)
+    module.load_state_dict(load_weights(weights_path))
+    return module.eval(), spec
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    """Load a safetensors file, refusing anything else (e.g. a pickle) with a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, ValueError, OSError) as e:
+        raise UserError(f"{path}: not a valid safetensors file ({e})") from None

@@ -1,0 +1,1 @@
+"""Training: the loop (``loop``), losses (``losses``) and checkpoints (``checkpoint``)."""

@@ -1,0 +1,22 @@
+"""prepare: ingest the source images into uint8 arrays, a manifest and a sample grid."""
+
+import argparse
+
+from ganforge.config import PrepareConfig, load_stage_config
+from ganforge.data import prepare
+from ganforge.entry import run_main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="prepared-data directory")
+    parser.add_argument("--grid", required=True, help="PNG grid of prepared images")
+    args = parser.parse_args()
+    cfg = load_stage_config(PrepareConfig, args.params)
+    manifest = prepare(cfg, out_dir=args.out, grid_path=args.grid)
+    print(f"prepare: {manifest['counts']} images at {cfg.resolution}px -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_main(main, "prepare")
