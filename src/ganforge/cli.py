@@ -86,3 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"generated {args.num} images at {img_per_s:.0f} img/s -> {where}")
 
     run_main(run, "ganforge")
+
+
+if __name__ == "__main__":
+    main()

@@ -62,7 +62,7 @@ class PrepareConfig(StageConfig):
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
     source: Literal["digits"] = "digits"
-    resolution: int = _param(16, choices=_POWERS_OF_TWO)
+    resolution: int = _param(32, choices=_POWERS_OF_TWO)
     test_fraction: float = _param(0.2, gt=0.0, lt=1.0)
 
 
@@ -78,6 +78,8 @@ class TrainConfig(StageConfig):
         batch_size: real images per D step.
         kimg: training length in thousands of real images shown to D.
         beta1, beta2: Adam betas.
+        ema_kimg: half-life of the generator's exponential moving average, in kimg; 0 turns it off.
+            The saved generator (and so every later stage) is the EMA.
         log_interval_kimg: how often losses are logged, in kimg.
     """
 
@@ -91,6 +93,7 @@ class TrainConfig(StageConfig):
     kimg: float = _param(200.0, gt=0.0)
     beta1: float = _param(0.5, ge=0.0, lt=1.0)
     beta2: float = _param(0.999, ge=0.0, lt=1.0)
+    ema_kimg: float = _param(10.0, ge=0.0)
     log_interval_kimg: float = _param(2.0, gt=0.0)
 
 

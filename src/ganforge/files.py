@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ganforge.errors import UserError
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -69,8 +71,6 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     """Read a JSON file, raising :class:`UserError` naming the file if it is missing or malformed."""
-    from ganforge.errors import UserError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def save_grid(images: torch.Tensor, path: str | Path, min_width_px: int = 512) -
     if array.shape[2] == 1:
         array = array[:, :, 0]
     image = Image.fromarray(np.ascontiguousarray(array))
-    scale = max(1, min_width_px // image.width)
+    scale = max(1, math.ceil(min_width_px / image.width))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     with atomic_path(path) as tmp:

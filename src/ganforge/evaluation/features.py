@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
@@ -65,8 +66,6 @@ def save_featurizer(net: DomainFeatureNet, path: str | Path) -> None:
 
 def load_featurizer(path: str | Path) -> DomainFeatureNet:
     """Rebuild a :class:`DomainFeatureNet` from a safetensors file written by :func:`save_featurizer`."""
-    from safetensors import safe_open
-
     state = load_weights(path)
     with safe_open(str(path), framework="pt") as f:
         config = json.loads(f.metadata()["config"])

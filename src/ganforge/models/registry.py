@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ganforge.errors import UserError
-from ganforge.files import atomic_path, write_json
+from ganforge.files import atomic_path, read_json, write_json
 from ganforge.models.seed import SeedDiscriminator, SeedGenerator
 
 _GENERATORS = {"seed": SeedGenerator}
@@ -77,8 +77,6 @@ def save_generator(module: nn.Module, spec: GeneratorSpec, weights_path: str | P
 
 def load_generator(weights_path: str | Path) -> tuple[nn.Module, GeneratorSpec]:
     """Rebuild a generator from ``<stem>.json`` and load ``<weights_path>``; returns (module in eval mode, spec)."""
-    from ganforge.files import read_json
-
     weights_path = Path(weights_path)
     spec_path = weights_path.with_suffix(".json")
     spec = GeneratorSpec.from_dict(read_json(spec_path), source=str(spec_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,11 +76,17 @@ def quantize_int8(generator: nn.Module, z_dim: int, recipe: Recipe) -> nn.Module
     folded = fold_batchnorm(generator)
     calibration = torch.Generator().manual_seed(recipe.calibration_seed)
     example = (torch.randn(2, z_dim, generator=calibration),)
-    prepared = prepare_fx(folded, get_default_qconfig_mapping(recipe.quantization_backend), example)
-    with torch.no_grad():
-        for _ in range(recipe.calibration_batches):
-            prepared(torch.randn(recipe.calibration_batch_size, z_dim, generator=calibration))
-    return convert_fx(prepared).eval()
+    # torch.ao announces its own deprecation in favour of torchao on every call; the flow still works and
+    # is the one that handles ConvTranspose2d, so keep the pipeline's output readable.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"torch\.ao\..*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*(quant_min|quantize_per_tensor|reduce_range).*")
+        prepared = prepare_fx(folded, get_default_qconfig_mapping(recipe.quantization_backend), example)
+        with torch.no_grad():
+            for _ in range(recipe.calibration_batches):
+                prepared(torch.randn(recipe.calibration_batch_size, z_dim, generator=calibration))
+        return convert_fx(prepared).eval()
 
 
 def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,13 @@ def export_onnx(generator: nn.Module, z_dim: int, path: str | Path, opset: int) 
     z = torch.zeros(2, z_dim)  # (B, z_dim); B is dynamic in the exported graph
     # The TorchScript exporter (dynamo=False) needs no onnxscript and exports these models in well under
     # a second; the dynamo exporter brings nothing for graphs this plain.
-    torch.onnx.export(
-        generator.eval(), (z,), str(path), dynamo=False, opset_version=opset,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # "legacy exporter" notice
+        torch.onnx.export(
+            generator.eval(), (z,), str(path), dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
 
 
 def onnx_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 from tqdm import tqdm
 
+from dvclive import Live
 from ganforge.config import TrainConfig, config_to_dict
 from ganforge.data import load_split
 from ganforge.distributed import is_main_process, rank_seed
@@ -19,6 +19,7 @@ from ganforge.files import atomic_dir, write_json
 from ganforge.images import to_unit_range
 from ganforge.models import GeneratorSpec, build_discriminator, build_generator, save_generator
 from ganforge.training.checkpoint import save_checkpoint
+from ganforge.training.ema import GeneratorEMA
 from ganforge.training.losses import d_loss_nonsaturating, g_loss_nonsaturating
 
 
@@ -36,7 +37,7 @@ class TrainResult:
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir: str | Path) -> TrainResult:
     """Train G and D for ``cfg.kimg`` thousand real images; write weights and a checkpoint to ``out_dir``.
 
-    ``out_dir`` receives ``generator.safetensors`` + ``generator.json`` (what later stages load),
+    ``out_dir`` receives ``generator.safetensors`` + ``generator.json`` (the EMA generator later stages load),
     ``discriminator.safetensors`` and ``checkpoint.pt`` (full training state). Loss curves go to dvclive
     in ``live_dir``.
     """
@@ -47,6 +48,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
     torch.manual_seed(rank_seed(cfg.seed))
     generator = build_generator(spec).train()
     discriminator = build_discriminator(cfg.arch, spec.resolution, spec.channels).train()
+    ema = GeneratorEMA(generator, cfg.ema_kimg)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     batch_order = torch.Generator().manual_seed(rank_seed(cfg.seed) + 1)
@@ -82,6 +84,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
+        ema.update(generator, real.shape[0])
 
         cur_nimg += real.shape[0]
         window += torch.stack([loss_d.detach(), loss_g.detach()])
@@ -101,9 +104,10 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
     result = TrainResult(cur_nimg, total_steps, cur_nimg / elapsed_s, loss_d_avg, loss_g_avg)
     if main:
         with atomic_dir(out_dir) as tmp:
-            save_generator(generator, spec, tmp / "generator.safetensors")
+            save_generator(ema.average, spec, tmp / "generator.safetensors")
             save_checkpoint(tmp / "checkpoint.pt", {
-                "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                "generator": generator.state_dict(), "generator_ema": ema.average.state_dict(),
+                "discriminator": discriminator.state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                 "cur_nimg": cur_nimg, "step": total_steps,
             })

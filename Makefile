@@ -1,0 +1,41 @@
+# Set-up and everyday commands. `make repro` and `make test` each work on a fresh clone.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+# Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install repro test lint clean bench-budget
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Install ganforge and run the whole pipeline on the embedded default (offline).
+repro: install
+	dvc repro
+
+## Install the test tools and run the linter and the test suite.
+test: $(VENV)/.installed-test lint
+	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
+	exit $$status
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src stages tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+## Measure the budgets (default repro time and memory, test-suite time) into docs/benchmarks.md.
+bench-budget: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/pipeline_budget.py --tests

@@ -1,0 +1,125 @@
+"""Shared fixtures: the real params.yaml shrunk to seconds, and one tiny pipeline run reused by many tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ganforge.config import (
+    EvaluateConfig,
+    FeaturizerConfig,
+    OptimizeConfig,
+    PackageConfig,
+    PrepareConfig,
+    TrainConfig,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Overrides that shrink every stage of params.yaml to a few seconds on 2 cores.
+TINY = {
+    "prepare": {"resolution": 16},
+    "train": {"kimg": 1.5, "batch_size": 32, "log_interval_kimg": 0.5, "ema_kimg": 0.5},
+    "featurizer": {"epochs": 5},
+    "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16},
+    "optimize": {"batch": 16, "warmup": 1, "repeats": 3, "calibration_batches": 2},
+    "package": {"parity_batch": 4, "grid_size": 16},
+}
+
+
+def tiny_params() -> dict:
+    """The repo's params.yaml with :data:`TINY` applied."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, overrides in TINY.items():
+        params[section].update(overrides)
+    return params
+
+
+@pytest.fixture
+def params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """Paths written by one tiny run of every stage's library function, in a temp directory."""
+
+    root: Path
+    prepared: Path
+    prepare_grid: Path
+    train_dir: Path
+    live_dir: Path
+    featurizer: Path
+    featurizer_metrics: Path
+    evaluate_metrics: Path
+    evaluate_grid: Path
+    optimized: Path
+    optimize_metrics: Path
+    optimize_table: Path
+    package: Path
+    package_metrics: Path
+
+
+def _configs(params: dict) -> dict:
+    from ganforge.config import STAGE_CONFIGS, config_from_dict
+
+    configs = {}
+    for section, cls in STAGE_CONFIGS.items():
+        values = {k: params[k] for k in cls.TOP_LEVEL} | params[section]
+        configs[section] = config_from_dict(cls, values)
+    return configs
+
+
+@pytest.fixture(scope="session")
+def tiny_configs() -> dict:
+    configs = _configs(tiny_params())
+    assert isinstance(configs["prepare"], PrepareConfig) and isinstance(configs["train"], TrainConfig)
+    assert isinstance(configs["featurizer"], FeaturizerConfig) and isinstance(configs["evaluate"], EvaluateConfig)
+    assert isinstance(configs["optimize"], OptimizeConfig) and isinstance(configs["package"], PackageConfig)
+    return configs
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> TinyRun:
+    """Run prepare -> train -> featurizer -> evaluate -> optimize -> package once, on tiny params."""
+    from ganforge.data.prepare import prepare
+    from ganforge.evaluation.evaluate import evaluate
+    from ganforge.evaluation.features import train_featurizer
+    from ganforge.optimization.optimize import optimize
+    from ganforge.packaging.package import write_package
+    from ganforge.training.loop import train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    run = TinyRun(
+        root=root,
+        prepared=root / "data/prepared", prepare_grid=root / "plots/prepare/grid.png",
+        train_dir=root / "models/train", live_dir=root / "dvclive/train",
+        featurizer=root / "models/featurizer/featurizer.safetensors",
+        featurizer_metrics=root / "metrics/featurizer.json",
+        evaluate_metrics=root / "metrics/evaluate.json", evaluate_grid=root / "plots/evaluate/samples.png",
+        optimized=root / "models/optimized", optimize_metrics=root / "metrics/optimize.json",
+        optimize_table=root / "plots/optimize/variants.csv",
+        package=root / "dist/generator", package_metrics=root / "metrics/package.json",
+    )
+    c = tiny_configs
+    prepare(c["prepare"], run.prepared, run.prepare_grid)
+    train(c["train"], run.prepared, run.train_dir, run.live_dir)
+    train_featurizer(c["featurizer"], run.prepared, run.featurizer, run.featurizer_metrics)
+    generator = run.train_dir / "generator.safetensors"
+    evaluate(c["evaluate"], generator, run.prepared, run.featurizer, run.evaluate_metrics, run.evaluate_grid)
+    optimize(c["optimize"], c["evaluate"], generator, run.prepared, run.featurizer, run.optimized,
+             run.optimize_metrics, run.optimize_table)
+    write_package(c["package"], run.optimized, run.package, run.package_metrics)
+    return run
+
+
+@pytest.fixture
+def package_copy(tiny_run: TinyRun, tmp_path: Path) -> Path:
+    """A private copy of the tiny package that a test may modify."""
+    return Path(shutil.copytree(tiny_run.package, tmp_path / "generator"))
