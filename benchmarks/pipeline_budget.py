@@ -57,6 +57,16 @@ def timed(cmd: list[str], cwd: Path, env: dict) -> dict:
     return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mib": round(peak[0] / 2**20)}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def clone_worktree(dest: Path) -> None:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.splitlines()
@@ -72,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     results = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "torch": torch.__version__, "python": platform.python_version()},
     }
     with tempfile.TemporaryDirectory() as tmp:

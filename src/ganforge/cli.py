@@ -20,24 +20,19 @@ from ganforge.latents import latents
 from ganforge.packaging.package import RUNTIMES, load_package
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type accepting integers >= ``minimum``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
+    return parse
 
 
 def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = None,
@@ -72,11 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="write images from a package")
     gen.add_argument("--package", required=True, help="package directory, e.g. dist/generator")
-    gen.add_argument("-n", "--num", type=_positive, default=64, help="number of images (default 64)")
+    gen.add_argument("-n", "--num", type=_int_at_least(1), default=64, help="number of images (default 64)")
     gen.add_argument("--out", help="directory for numbered PNG files")
     gen.add_argument("--grid", help="write all images as one grid PNG")
-    gen.add_argument("--seed", type=_non_negative, default=0, help="latent seed (default 0)")
-    gen.add_argument("--batch", type=_positive, default=64, help="images per forward pass (default 64)")
+    gen.add_argument("--seed", type=_int_at_least(0), default=0, help="latent seed (default 0)")
+    gen.add_argument("--batch", type=_int_at_least(1), default=64, help="images per forward pass (default 64)")
     gen.add_argument("--runtime", choices=RUNTIMES, default="torch")
 
     def run() -> None:

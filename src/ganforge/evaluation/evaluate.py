@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ganforge.config import EvaluateConfig, config_to_dict
+from ganforge.config import EvaluateConfig
 from ganforge.evaluation.fidelity import make_protocol, score_generator, score_real_floor
 from ganforge.files import write_json
 from ganforge.images import save_grid, to_uint8
@@ -29,7 +29,6 @@ def evaluate(cfg: EvaluateConfig, generator_path: str | Path, data_dir: str | Pa
     metrics: dict[str, Any] = score_generator(generator, spec.z_dim, protocol)
     metrics["fid_real_floor"] = score_real_floor(data_dir, protocol)
     metrics["protocol"] = protocol.describe()
-    metrics["params"] = config_to_dict(cfg)
     write_json(metrics_path, metrics)
     sample_grid(generator, spec.z_dim, cfg.grid_size, cfg.seed, grid_path)
     return metrics

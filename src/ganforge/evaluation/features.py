@@ -18,7 +18,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
-from ganforge.config import FeaturizerConfig, config_to_dict
+from ganforge.config import FeaturizerConfig
 from ganforge.data import load_split
 from ganforge.files import sha256_file, write_json
 from ganforge.images import to_unit_range
@@ -119,7 +119,6 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
         "train_accuracy": classifier_accuracy(net, train_split.images, train_split.labels),
         "feature_dim": cfg.feature_dim,
         "weights_sha256": sha256_file(out_path),
-        "params": config_to_dict(cfg),
     }
     write_json(metrics_path, metrics)
     return metrics

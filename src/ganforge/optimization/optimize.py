@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ganforge.config import EvaluateConfig, OptimizeConfig, config_to_dict
+from ganforge.config import EvaluateConfig, OptimizeConfig
 from ganforge.evaluation.fidelity import make_protocol, score_generator
 from ganforge.files import atomic_dir, atomic_path, write_json
 from ganforge.models import load_generator, save_generator
@@ -75,8 +75,6 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, generator_path: str 
         "threads": threads,
         "variants": rows,
         **notes,
-        "protocol": protocol.describe(),
-        "params": config_to_dict(cfg),
     }
     write_json(metrics_path, metrics)
     write_table(table_path, rows)

@@ -47,22 +47,24 @@ class GeneratorPackage:
         spec: generator spec from config.json.
         recipe: optimize recipe applied to the float weights for the torch runtime.
         runtime: ``torch`` (the recipe's variant) or ``onnxruntime`` (generator.onnx).
+        torch_module: the rebuilt variant, for the torch runtime.
+        onnx_session: an ONNX Runtime session, for the onnxruntime runtime.
     """
 
     path: Path
     spec: GeneratorSpec
     recipe: Recipe
     runtime: str
-    _torch_module: nn.Module | None = None
-    _onnx_session: Any = None
+    torch_module: nn.Module | None = None
+    onnx_session: Any = None
 
     @torch.inference_mode()
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Images for latents z (B, z_dim): uint8 (B, C, R, R)."""
         assert z.ndim == 2 and z.shape[1] == self.spec.z_dim, z.shape
-        if self.runtime == "onnxruntime":
-            return to_uint8(run_onnx(self._onnx_session, z))
-        return to_uint8(self._torch_module(z))
+        if self.onnx_session is not None:
+            return to_uint8(run_onnx(self.onnx_session, z))
+        return to_uint8(self.torch_module(z))
 
 
 def _git_commit() -> str | None:
@@ -155,11 +157,9 @@ def load_package(path: str | Path, runtime: str = "torch") -> GeneratorPackage:
     config = read_json(path / CONFIG)
     spec = GeneratorSpec.from_dict(config.get("generator", {}), source=str(path / CONFIG))
     recipe = Recipe.from_dict(config.get("recipe", {"variant": "fp32"}))
-    package = GeneratorPackage(path, spec, recipe, runtime)
     if runtime == "onnxruntime":
-        package._onnx_session = onnx_session(path / ONNX)
-    else:
-        generator = build_generator(spec)
-        generator.load_state_dict(load_weights(path / WEIGHTS))
-        package._torch_module = build_variant(recipe, generator.eval(), spec.z_dim)
-    return package
+        return GeneratorPackage(path, spec, recipe, runtime, onnx_session=onnx_session(path / ONNX))
+    generator = build_generator(spec)
+    generator.load_state_dict(load_weights(path / WEIGHTS))
+    module = build_variant(recipe, generator.eval(), spec.z_dim)
+    return GeneratorPackage(path, spec, recipe, runtime, torch_module=module)
