@@ -98,8 +98,6 @@ def test_stage_script_prints_one_line_and_exits_2(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        f"train: error: {path}: train.kimgg: unknown key (known: arch, batch_size, beta1, beta2, ema_kimg, kimg, "
-        "log_interval_kimg, z_dim)"
-    ]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"train: error: {path}: train.kimgg: unknown key (known: ada_kimg, ada_target, arch,")
     assert not (tmp_path / "o").exists()

@@ -38,6 +38,19 @@ def _param(default: Any, *, ge: float | None = None, gt: float | None = None, le
     return field(default=default, metadata=meta)
 
 
+AUGMENT_POLICIES = ("color", "translation", "cutout")
+
+
+def parse_augment_policy(policy: str) -> tuple[str, ...]:
+    """``"color,translation"`` -> ("color", "translation"); an unknown name is a :class:`UserError`."""
+    names = tuple(p.strip() for p in policy.split(",") if p.strip())
+    for name in names:
+        if name not in AUGMENT_POLICIES:
+            raise UserError(f"train.augment: unknown augmentation {name!r} in {policy!r} "
+                            f"(known: {', '.join(AUGMENT_POLICIES)})")
+    return names
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """Base of every stage config. ``SECTION`` names the params.yaml section; ``TOP_LEVEL`` the top-level
@@ -52,18 +65,38 @@ class PrepareConfig(StageConfig):
     """Params of the prepare stage.
 
     Args:
-        seed: base seed; the train/test split is a function of it.
-        source: where images come from. ``digits`` is scikit-learn's bundled 8x8 handwritten digits.
+        seed: base seed; the train/test split and the ``max_images`` subset are functions of it.
+        source: ``digits`` (scikit-learn's bundled 8x8 handwritten digits, offline), ``folder`` (a directory
+            of images, class subfolders become labels), ``archive`` (.zip/.tar/.tar.gz/.tgz of such a folder),
+            ``cifar10`` (the official python-version archive), ``mnist`` or ``fashion-mnist`` (torchvision).
+        path: the folder or archive; for ``cifar10`` the ``cifar-10-python.tar.gz`` file; for ``mnist`` /
+            ``fashion-mnist`` torchvision's root (holding ``MNIST/raw`` or ``FashionMNIST/raw``). Ignored by
+            ``digits``. It is a DVC dependency of the stage, so a changed source reruns prepare.
+        download: let torchvision download ``cifar10`` / ``mnist`` / ``fashion-mnist`` when ``path`` lacks them.
         resolution: output side length in pixels, a power of two from 8 to 256.
-        test_fraction: share of each class held out as the test split.
+        channels: ``auto`` keeps the data's channels (1 when every image is grey, else 3); 1 or 3 forces them.
+        resize: how non-square images become square before the antialiased resize: ``center-crop`` or ``pad``.
+        background: colour under transparent pixels and around padded images: ``black`` or ``white``.
+        test_fraction: share of each class held out as the test split (unless the source has its own split).
+        max_images: keep at most this many distinct images (a seeded random subset); null keeps all.
+        max_bad_fraction: fail when more than this share of the files is unreadable or not an image.
+        hflip: add horizontally mirrored copies of the training images.
     """
 
     SECTION: ClassVar[str] = "prepare"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
-    source: Literal["digits"] = "digits"
+    source: Literal["digits", "folder", "archive", "cifar10", "mnist", "fashion-mnist"] = "digits"
+    path: str = "data/raw"
+    download: bool = False
     resolution: int = _param(32, choices=_POWERS_OF_TWO)
+    channels: Literal["auto", 1, 3] = "auto"
+    resize: Literal["center-crop", "pad"] = "center-crop"
+    background: Literal["black", "white"] = "black"
     test_fraction: float = _param(0.2, gt=0.0, lt=1.0)
+    max_images: int | None = _param(None, ge=1)
+    max_bad_fraction: float = _param(0.1, ge=0.0, le=1.0)
+    hflip: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +111,11 @@ class TrainConfig(StageConfig):
         batch_size: real images per D step.
         kimg: training length in thousands of real images shown to D.
         beta1, beta2: Adam betas.
+        augment: DiffAugment policy applied to real and fake images before D, a comma-separated subset of
+            ``color,translation,cutout``; empty for none.
+        ada_target: ADA-style target for E[sign(D(real))]; the augmentation probability p adapts toward it.
+            0 turns ADA off (p stays 1 when ``augment`` is set).
+        ada_kimg: images (in thousands) for ADA's p to travel from 0 to 1 at full signal.
         ema_kimg: half-life of the generator's exponential moving average, in kimg; 0 turns it off.
             The saved generator (and so every later stage) is the EMA.
         log_interval_kimg: how often losses are logged, in kimg.
@@ -93,8 +131,18 @@ class TrainConfig(StageConfig):
     kimg: float = _param(200.0, gt=0.0)
     beta1: float = _param(0.5, ge=0.0, lt=1.0)
     beta2: float = _param(0.999, ge=0.0, lt=1.0)
+    augment: str = ""
+    ada_target: float = _param(0.0, ge=0.0, lt=1.0)
+    ada_kimg: float = _param(100.0, gt=0.0)
     ema_kimg: float = _param(10.0, ge=0.0)
     log_interval_kimg: float = _param(2.0, gt=0.0)
+
+    def __post_init__(self) -> None:
+        parse_augment_policy(self.augment)
+
+    @property
+    def augment_policy(self) -> tuple[str, ...]:
+        return parse_augment_policy(self.augment)
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from dvclive import Live
 from ganforge.config import TrainConfig, config_to_dict
 from ganforge.data import load_split
+from ganforge.data.augment import AdaptiveProbability, DiffAugment
+from ganforge.data.stream import BatchStream
 from ganforge.distributed import is_main_process, rank_seed
+from ganforge.errors import UserError
 from ganforge.files import atomic_dir, write_json
-from ganforge.images import to_unit_range
 from ganforge.models import GeneratorSpec, build_discriminator, build_generator, save_generator
 from ganforge.training.checkpoint import save_checkpoint
 from ganforge.training.ema import GeneratorEMA
@@ -42,16 +43,20 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
     in ``live_dir``.
     """
     split = load_split(data_dir, "train")
-    reals = to_unit_range(torch.from_numpy(np.array(split.images)))  # (N, C, R, R) in [-1, 1]
+    if len(split) < cfg.batch_size:
+        raise UserError(f"train.batch_size: {cfg.batch_size} exceeds the {len(split)} training images")
     spec = GeneratorSpec(arch=cfg.arch, z_dim=cfg.z_dim, resolution=split.resolution, channels=split.channels)
 
-    torch.manual_seed(rank_seed(cfg.seed))
+    seed = rank_seed(cfg.seed)
+    torch.manual_seed(seed)
     generator = build_generator(spec).train()
     discriminator = build_discriminator(cfg.arch, spec.resolution, spec.channels).train()
     ema = GeneratorEMA(generator, cfg.ema_kimg)
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    batch_order = torch.Generator().manual_seed(rank_seed(cfg.seed) + 1)
+    reals = iter(BatchStream(split, cfg.batch_size, seed=seed + 1))
+    ada = AdaptiveProbability(cfg.ada_target, cfg.ada_kimg) if cfg.ada_target > 0 and cfg.augment else None
+    augment = DiffAugment(cfg.augment_policy, seed=seed + 2, p=0.0 if ada else 1.0)
 
     total_nimg = int(cfg.kimg * 1000)
     total_steps = math.ceil(total_nimg / cfg.batch_size)
@@ -62,25 +67,25 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
         live.log_params(config_to_dict(cfg))
 
     cur_nimg, window = 0, torch.zeros(2)
-    order = torch.randperm(len(reals), generator=batch_order)
-    cursor = 0
     start = time.perf_counter()
     progress = tqdm(total=total_nimg, unit="img", unit_scale=True, desc="train", disable=not main, mininterval=1.0)
     for step in range(total_steps):
-        if cursor + cfg.batch_size > len(order):  # new epoch: reshuffle, drop the ragged tail
-            order, cursor = torch.randperm(len(reals), generator=batch_order), 0
-        real = reals[order[cursor:cursor + cfg.batch_size]]  # (B, C, R, R)
-        cursor += cfg.batch_size
+        real = next(reals)  # (B, C, R, R) in [-1, 1]
         z = torch.randn(real.shape[0], spec.z_dim)  # (B, z_dim)
 
         # D step on real vs detached fake, then a G step against the updated D (the article mixed these up).
+        # Both see the same augmentation family, so D cannot tell reals from fakes by the augmentation.
         fake = generator(z)  # (B, C, R, R)
-        loss_d = d_loss_nonsaturating(discriminator(real), discriminator(fake.detach()))
+        real_logits = discriminator(augment(real))  # (B,)
+        loss_d = d_loss_nonsaturating(real_logits, discriminator(augment(fake.detach())))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
+        if ada is not None:
+            ada.observe(real_logits)
+            augment.p = ada.p
 
-        loss_g = g_loss_nonsaturating(discriminator(fake))
+        loss_g = g_loss_nonsaturating(discriminator(augment(fake)))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -95,6 +100,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
             live.log_metric("loss_d", loss_d_avg)
             live.log_metric("loss_g", loss_g_avg)
             live.log_metric("kimg", cur_nimg / 1000)
+            if ada is not None:
+                live.log_metric("augment_p", ada.p)
             live.next_step()
             progress.set_postfix(loss_d=f"{loss_d_avg:.3f}", loss_g=f"{loss_g_avg:.3f}")
             window.zero_()

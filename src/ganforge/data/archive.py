@@ -1,0 +1,93 @@
+"""Read image files from a folder or an archive without trusting archive paths.
+
+Archive members are read into memory, never extracted, and a member with an absolute path, a ``..``
+component, or a link pointing outside the archive stops the stage with an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+from ganforge.errors import UserError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def _check_member_name(archive: Path, name: str) -> str:
+    """The member's normalised relative posix path; unsafe names are a :class:`UserError`."""
+    if name.startswith(("/", "\\")) or PurePosixPath(name).is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise UserError(f"{archive}: refused entry {name!r}: absolute path")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if ".." in parts:
+        raise UserError(f"{archive}: refused entry {name!r}: '..' path component")
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+def _check_link(archive: Path, name: str, target: str) -> None:
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        raise UserError(f"{archive}: refused entry {name!r}: link pointing outside the archive ({target!r})")
+
+
+def iter_archive(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """Yield (relative path, bytes, None) per regular file, or (path, None, reason) for skipped members."""
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        yield from _iter_zip(archive)
+    elif name.endswith((".tar", ".tar.gz", ".tgz")):
+        yield from _iter_tar(archive)
+    else:
+        raise UserError(f"{archive}: unsupported archive type (expected one of {', '.join(ARCHIVE_SUFFIXES)})")
+
+
+def _iter_tar(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            for member in tar:
+                rel = _check_member_name(archive, member.name)
+                if member.issym() or member.islnk():
+                    _check_link(archive, member.name, member.linkname)
+                    yield rel, None, "link inside the archive (not followed)"
+                elif member.isfile():
+                    handle = tar.extractfile(member)
+                    yield rel, handle.read() if handle else b"", None
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise UserError(f"{archive}: unreadable archive ({e})") from None
+
+
+def _iter_zip(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = _check_member_name(archive, info.filename)
+                if info.is_dir():
+                    continue
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    _check_link(archive, info.filename, zf.read(info).decode(errors="replace"))
+                    yield rel, None, "link inside the archive (not followed)"
+                    continue
+                yield rel, zf.read(info), None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{archive}: unreadable archive ({e})") from None
+
+
+def iter_folder(root: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
+    """Yield (relative path, bytes, None) for every file below ``root`` in sorted order; links are skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                yield rel, None, "symbolic link (not followed)"
+                continue
+            try:
+                yield rel, path.read_bytes(), None
+            except OSError as e:
+                yield rel, None, f"unreadable file ({e.strerror})"

@@ -1,0 +1,342 @@
+"""The prepare stage on every source, with real files the tests make, including every bad-input case."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import pickle
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganforge.config import PrepareConfig
+from ganforge.data import decode
+from ganforge.data.decode import BadImage, DecodeOptions, decode_image
+from ganforge.data.prepare import prepare
+from ganforge.data.prepared import load_split, read_manifest
+from ganforge.errors import UserError
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _digit_like(seed: int, size: tuple[int, int] = (12, 12), mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    array = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+    return Image.fromarray(array if channels == 3 else array[:, :, 0], mode)
+
+
+def _class_folder(root: Path, per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog"), seed: int = 0) -> Path:
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / name / f"{i}.png").write_bytes(_png(_digit_like(seed + 100 * c + i)))
+    return root
+
+
+def _cfg(path: Path, source: str = "folder", **overrides) -> PrepareConfig:
+    return dataclasses.replace(PrepareConfig(), **({"source": source, "path": str(path), "resolution": 8} | overrides))
+
+
+def _run(tmp_path: Path, cfg: PrepareConfig) -> dict:
+    return prepare(cfg, tmp_path / "prepared", tmp_path / "grid.png")
+
+
+def _reasons(manifest: dict) -> dict[str, str]:
+    return {Path(s["path"]).name: s["reason"] for s in manifest["skipped"]}
+
+
+# --- decoding odd but valid images -------------------------------------------------------------------------
+
+OPTIONS = DecodeOptions(resolution=8)
+
+
+def test_rgba_is_composited_on_the_stated_background():
+    transparent = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    black, _ = decode_image(_png(transparent), DecodeOptions(8, background="black"))
+    white, _ = decode_image(_png(transparent), DecodeOptions(8, background="white"))
+    assert black.max() == 0 and white.min() == 255
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits():
+    array = np.full((8, 8), 65535, dtype=np.uint16)
+    array[:4] = 32768
+    image = Image.fromarray(array)
+    assert image.mode.startswith("I;16")
+    out, grey = decode_image(_png(image), OPTIONS)
+    assert grey and out[0, 0, 0] == 128 and out[7, 0, 0] == 255
+
+
+def test_exif_orientation_is_honoured():
+    image = Image.new("RGB", (16, 8), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 8, 8))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display: the white half ends up on top
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    out, _ = decode_image(buffer.getvalue(), DecodeOptions(8, resize="pad"))
+    assert out[:4, 2:6].mean() > 200 and out[4:, 2:6].mean() < 60
+
+
+def test_palette_cmyk_and_pad_policy():
+    palette = _digit_like(1).convert("P")
+    assert decode_image(_png(palette), OPTIONS)[0].shape == (8, 8, 3)
+    buffer = io.BytesIO()
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(buffer, format="JPEG")
+    assert decode_image(buffer.getvalue(), OPTIONS)[0].min() > 240  # CMYK zero ink is white
+    wide = Image.new("RGB", (16, 8), (255, 255, 255))
+    padded, _ = decode_image(_png(wide), DecodeOptions(8, resize="pad"))
+    cropped, _ = decode_image(_png(wide), DecodeOptions(8, resize="center-crop"))
+    assert padded[0].max() == 0 and padded[4].min() == 255 and cropped.min() == 255
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is a text file, not a jpeg\n", "not an image"),
+        (_png(Image.new("RGB", (32, 32), (9, 9, 9)))[:60], "corrupt or truncated image"),
+    ],
+)
+def test_bad_files_raise_with_a_reason(data, reason):
+    with pytest.raises(BadImage, match=reason):
+        decode_image(data, OPTIONS)
+
+
+def test_decompression_bomb_is_refused(monkeypatch):
+    monkeypatch.setattr(decode, "MAX_PIXELS", 100)
+    with pytest.raises(BadImage, match="decompression bomb refused: 20x20"):
+        decode_image(_png(Image.new("L", (20, 20))), OPTIONS)
+
+
+# --- the folder source -------------------------------------------------------------------------------------
+
+
+def test_folder_with_bad_files_skips_and_lists_them(tmp_path):
+    root = _class_folder(tmp_path / "src", per_class=10)
+    (root / "cat" / "truncated.png").write_bytes(_png(_digit_like(999))[:50])
+    (root / "cat" / "zero.png").write_bytes(b"")
+    (root / "dog" / "text.jpg").write_text("hello")
+    (root / "dog" / "copy.png").write_bytes((root / "dog" / "0.png").read_bytes())
+    (root / "dog" / "rgba.png").write_bytes(_png(Image.new("RGBA", (10, 10), (0, 255, 0, 128))))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+    manifest = _run(tmp_path, _cfg(root, max_bad_fraction=0.2))
+    reasons = _reasons(manifest)
+    assert reasons["truncated.png"].startswith("corrupt or truncated image")
+    assert reasons["zero.png"] == "empty file"
+    assert reasons["text.jpg"] == "not an image"
+    assert reasons["copy.png"] == "exact duplicate of dog/0.png"
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["labeled"]
+    assert sum(manifest["counts"].values()) == 21  # 20 good + the RGBA image
+    assert manifest["channels"] == 3 and manifest["files_seen"] == 25
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    assert after == before  # the source is never modified
+
+
+def test_too_many_bad_files_fail_in_one_line_and_keep_the_previous_output(tmp_path):
+    good = _class_folder(tmp_path / "good")
+    _run(tmp_path, _cfg(good))
+    previous = (tmp_path / "prepared" / "train_images.npy").read_bytes()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "ok.png").write_bytes(_png(_digit_like(1)))
+    for i in range(99):
+        (bad / f"junk{i}.jpg").write_text("not an image")
+    with pytest.raises(UserError) as err:
+        _run(tmp_path, _cfg(bad))
+    message = str(err.value)
+    assert "99 of 100 files are bad (99.0% > prepare.max_bad_fraction=10.0%)" in message and "\n" not in message
+    assert (tmp_path / "prepared" / "train_images.npy").read_bytes() == previous
+
+
+def test_train_test_layout_is_respected_and_unlabeled_data_works(tmp_path):
+    root = tmp_path / "src"
+    _class_folder(root / "train", per_class=5)
+    _class_folder(root / "test", per_class=2, seed=50)
+    manifest = _run(tmp_path, _cfg(root))
+    assert manifest["counts"] == {"train": 10, "test": 4} and manifest["split_from"] == "source layout"
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(10):
+        (flat / f"{i}.png").write_bytes(_png(_digit_like(i, mode="L")))
+    manifest = _run(tmp_path, _cfg(flat, test_fraction=0.2))
+    assert manifest["class_names"] == ["all"] and not manifest["labeled"]
+    assert manifest["channels"] == 1 and manifest["counts"] == {"train": 8, "test": 2}
+
+
+def test_channels_max_images_and_hflip(tmp_path):
+    root = _class_folder(tmp_path / "src", per_class=10)
+    manifest = _run(tmp_path, _cfg(root, channels=1, max_images=12, hflip=True, test_fraction=0.25))
+    train = load_split(tmp_path / "prepared", "train")
+    assert manifest["channels"] == 1 and train.images.shape[1] == 1
+    assert manifest["counts"]["test"] == 3 and manifest["counts"]["train"] == 2 * 9
+    assert np.array_equal(train.images[9:], train.images[:9, :, :, ::-1])
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_missing_or_empty_source_names_the_path(tmp_path, kind):
+    path = tmp_path / "nowhere"
+    if kind == "empty":
+        path.mkdir()
+    with pytest.raises(UserError, match=str(path)):
+        _run(tmp_path, _cfg(path))
+
+
+# --- the archive source ------------------------------------------------------------------------------------
+
+
+def test_zip_and_tar_archives(tmp_path):
+    root = _class_folder(tmp_path / "src" / "wrapper")
+    zip_path, tar_path = tmp_path / "data.zip", tmp_path / "data.tar.gz"
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for file in sorted(root.rglob("*.png")):
+            zf.write(file, file.relative_to(tmp_path / "src").as_posix())
+    with tarfile.open(tar_path, "w:gz") as tf:
+        tf.add(root, arcname="wrapper")
+    a = _run(tmp_path / "a", _cfg(zip_path, source="archive"))
+    b = _run(tmp_path / "b", _cfg(tar_path, source="archive"))
+    assert a["class_names"] == b["class_names"] == ["cat", "dog"]  # the wrapping folder is stripped
+    assert a["counts"] == b["counts"]
+    arrays = [(tmp_path / run / "prepared/train_images.npy").read_bytes() for run in ("a", "b")]
+    assert arrays[0] == arrays[1]
+
+
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as tf:
+        good = _png(_digit_like(0))
+        info = tarfile.TarInfo("ok/0.png")
+        info.size = len(good)
+        tf.addfile(info, io.BytesIO(good))
+        member.size = len(data)
+        tf.addfile(member, io.BytesIO(data))
+    return path
+
+
+def test_zip_slip_entry_is_refused_and_nothing_is_written_outside(tmp_path):
+    path = tmp_path / "slip.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("ok/0.png", _png(_digit_like(0)))
+        zf.writestr("../../evil.png", _png(_digit_like(1)))
+    with pytest.raises(UserError, match=r"refused entry '../../evil.png': '..' path component"):
+        _run(tmp_path / "work", _cfg(path, source="archive"))
+    assert not (tmp_path.parent / "evil.png").exists() and not (tmp_path / "evil.png").exists()
+    assert not (tmp_path / "work" / "prepared").exists()
+
+
+def test_absolute_path_and_outside_link_entries_are_refused(tmp_path):
+    absolute = tarfile.TarInfo("/etc/evil.png")
+    with pytest.raises(UserError, match="refused entry '/etc/evil.png': absolute path"):
+        _run(tmp_path, _cfg(_tar_with(tmp_path, absolute, b"x"), source="archive"))
+    link = tarfile.TarInfo("ok/link.png")
+    link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"
+    with pytest.raises(UserError, match="refused entry 'ok/link.png': link pointing outside"):
+        _run(tmp_path, _cfg(_tar_with(tmp_path, link), source="archive"))
+
+
+# --- torchvision-format sources ----------------------------------------------------------------------------
+
+
+def _cifar_archive(path: Path, per_batch: int = 5, payload: object | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tf:
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        for i, name in enumerate(names):
+            batch = payload if payload is not None and i == 0 else {
+                b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                b"labels": [int(x) for x in rng.integers(0, 10, per_batch)]}
+            blob = pickle.dumps(batch, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+        meta = pickle.dumps({b"label_names": [f"class{i}".encode() for i in range(10)]}, protocol=2)
+        info = tarfile.TarInfo("cifar-10-batches-py/batches.meta")
+        info.size = len(meta)
+        tf.addfile(info, io.BytesIO(meta))
+    return path
+
+
+def test_cifar10_python_archive(tmp_path):
+    archive = _cifar_archive(tmp_path / "cifar-10-python.tar.gz")
+    manifest = _run(tmp_path, _cfg(archive, source="cifar10"))
+    assert manifest["counts"] == {"train": 25, "test": 5} and manifest["split_from"] == "source layout"
+    assert manifest["class_names"][0] == "class0" and manifest["channels"] == 3
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_cifar10_pickle_with_code_is_refused(tmp_path, capsys):
+    archive = _cifar_archive(tmp_path / "cifar-10-python.tar.gz", payload={b"data": _Exploit()})
+    with pytest.raises(UserError, match="refused to load .*print"):
+        _run(tmp_path, _cfg(archive, source="cifar10"))
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_cifar10_missing_archive_says_how_to_fix(tmp_path):
+    with pytest.raises(UserError, match="CIFAR-10 archive not found; set prepare.path"):
+        _run(tmp_path, _cfg(tmp_path / "none.tar.gz", source="cifar10"))
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    dims = struct.pack(">" + "I" * array.ndim, *array.shape)
+    path.write_bytes(struct.pack(">HBB", 0, 0x08, array.ndim) + dims + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize(("source", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_mnist_family_idx_files_through_torchvision(tmp_path, source, folder):
+    raw = tmp_path / "root" / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 12), ("t10k", 4)):
+        _idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    manifest = _run(tmp_path, _cfg(tmp_path / "root", source=source))
+    assert manifest["counts"] == {"train": 12, "test": 4} and manifest["channels"] == 1
+    assert len(manifest["class_names"]) == 10
+
+
+def test_mnist_missing_files_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="mnist not found"):
+        _run(tmp_path, _cfg(tmp_path, source="mnist"))
+
+
+# --- real data, when this machine has it -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="shared CIFAR-10 JPEG archive not present")
+def test_real_cifar10_jpegs_from_the_shared_archive(tmp_path):
+    root = tmp_path / "cifar"
+    with tarfile.open(SHARED_CIFAR, "r:gz") as tf:
+        taken = 0
+        for member in tf:
+            if member.isfile() and int(Path(member.name).stem) < 10:  # 10 per class from train/ and test/
+                target = root / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tf.extractfile(member).read())
+                taken += 1
+            if taken == 200:
+                break
+    manifest = _run(tmp_path, _cfg(root, resolution=32))
+    assert manifest["class_names"] == sorted(p.name for p in (root / "test").iterdir())
+    assert manifest["split_from"] == "source layout"
+    assert sum(manifest["counts"].values()) + manifest["skipped_count"] == 200
+    assert load_split(tmp_path / "prepared", "train").images.shape[1:] == (3, 32, 32)
+    assert json.loads((tmp_path / "prepared/manifest.json").read_text()) == read_manifest(tmp_path / "prepared")
