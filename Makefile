@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint clean bench-budget
+.PHONY: install repro test lint clean bench-budget bench-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,7 @@ clean:
 ## Measure the budgets (default repro time and memory, test-suite time) into docs/benchmarks.md.
 bench-budget: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/pipeline_budget.py --tests
+
+## Measure the data stage (CIFAR-10 JPEG preparation, training data path) into docs/benchmarks.md.
+bench-data: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/data_path.py

@@ -14,57 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
-import psutil
-import torch
+from measure import REPO, machine, machine_line, timed, write_doc_section
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench/pipeline_budget.json"
-DOC = REPO / "docs/benchmarks.md"
-BEGIN, END = "<!-- pipeline-budget:begin -->", "<!-- pipeline-budget:end -->"
-
-
-def timed(cmd: list[str], cwd: Path, env: dict) -> dict:
-    """Run ``cmd``; return wall seconds and the peak summed RSS of its process tree in MiB."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-
-    def sample() -> None:
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = proc.communicate()
-    sampler.join()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{output[-4000:]}")
-    return {"wall_s": round(time.perf_counter() - start, 1), "peak_rss_mib": round(peak[0] / 2**20)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def clone_worktree(dest: Path) -> None:
@@ -81,10 +39,7 @@ def main() -> None:
     parser.add_argument("--tests", action="store_true", help="also time the test suite (python -m pytest)")
     args = parser.parse_args()
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    results = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-    }
+    results = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "ganforge"
         clone_worktree(work)
@@ -107,13 +62,12 @@ def main() -> None:
 
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    write_doc_section(results)
+    render(results)
     print(json.dumps(results, indent=2))
 
 
-def write_doc_section(results: dict) -> None:
-    m = results["machine"]
-    rows = [f"Measured on {m['cores']} cores ({m['cpu']}), torch {m['torch']}, Python {m['python']}.", "",
+def render(results: dict) -> None:
+    rows = [machine_line(results["machine"]), "",
             "| what | wall time | peak memory (process tree) | budget |", "|---|---|---|---|"]
     budgets = {"repro_default": "10 min, 4 GB", "repro_noop": "—", "test_suite": "15 min"}
     labels = {"repro_default": "default `dvc repro` from scratch", "repro_noop": "no-op `dvc repro`",
@@ -122,13 +76,7 @@ def write_doc_section(results: dict) -> None:
         if key in results:
             r = results[key]
             rows.append(f"| {label} | {r['wall_s']:.0f} s | {r['peak_rss_mib']} MiB | {budgets[key]} |")
-    section = "\n".join([BEGIN, *rows, END])
-    text = DOC.read_text() if DOC.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text += "\n" + section + "\n"
-    DOC.write_text(text)
+    write_doc_section("pipeline-budget", rows)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from dvclive import Live
 from tqdm import tqdm
 
-from dvclive import Live
 from ganforge.config import TrainConfig, config_to_dict
 from ganforge.data import load_split
 from ganforge.data.augment import AdaptiveProbability, DiffAugment
@@ -39,8 +39,8 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
     """Train G and D for ``cfg.kimg`` thousand real images; write weights and a checkpoint to ``out_dir``.
 
     ``out_dir`` receives ``generator.safetensors`` + ``generator.json`` (the EMA generator later stages load),
-    ``discriminator.safetensors`` and ``checkpoint.pt`` (full training state). Loss curves go to dvclive
-    in ``live_dir``.
+    ``checkpoint.pt`` (full training state) and ``train.json``. Loss curves (and ADA's p) go to dvclive in
+    ``live_dir``.
     """
     split = load_split(data_dir, "train")
     if len(split) < cfg.batch_size:
