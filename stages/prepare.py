@@ -3,7 +3,7 @@
 import argparse
 
 from ganforge.config import PrepareConfig, load_stage_config
-from ganforge.data import prepare
+from ganforge.data.prepare import prepare
 from ganforge.entry import run_main
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ganforge.data import load_split
 from ganforge.data.prepare import prepare, stratified_split
+from ganforge.data.prepared import load_split
 from ganforge.errors import UserError
 
 

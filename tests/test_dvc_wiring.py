@@ -69,6 +69,12 @@ def test_params_are_exactly_what_the_stage_reads(stage):
     assert declared == reads
 
 
+@pytest.mark.parametrize("stage", sorted(PIPELINE))
+def test_outs_persist_so_a_failed_run_keeps_the_previous_output(stage):
+    for out in PIPELINE[stage].get("outs", []):
+        assert isinstance(out, dict) and next(iter(out.values())).get("persist") is True, out
+
+
 def test_stage_name_script_and_section_share_one_word():
     assert set(PIPELINE) == set(STAGE_CONFIGS)
     assert {p.stem for p in (REPO / "stages").glob("*.py")} == set(PIPELINE)

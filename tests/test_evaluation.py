@@ -11,8 +11,7 @@ import torch_fidelity
 from PIL import Image
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from ganforge.data import load_split
-from ganforge.data.prepared import ImageTensorDataset
+from ganforge.data.prepared import ImageTensorDataset, load_split
 from ganforge.evaluation.features import load_featurizer
 from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR, make_protocol, score_generator
 

@@ -63,17 +63,39 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
     _run(["git", "commit", "-qm", "baseline run"], root, env)
 
 
-def test_library_edit_reruns_exactly_the_affected_stages(repo):
+@pytest.mark.parametrize(
+    ("edited", "affected"),
+    [("src/ganforge/packaging/onnx.py", {"package"}), ("src/ganforge/data/decode.py", {"prepare"}),
+     ("src/ganforge/training/losses.py", {"train"})],
+)
+def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected):
     root, _ = repo
-    target = root / "src/ganforge/packaging/onnx.py"
+    target = root / edited
     original = target.read_text()
     target.write_text(original + "\n# touched\n")
     try:
         status = _dvc(repo, "status")
-        assert "package:" in status
-        assert not any(f"{stage}:" in status for stage in STAGES if stage != "package")
+        assert {stage for stage in STAGES if f"{stage}:" in status} == affected
     finally:
         target.write_text(original)
+
+
+def test_failed_stage_keeps_the_previous_outputs(repo):
+    root, env = repo
+    params_path = root / "params.yaml"
+    original = params_path.read_text()
+    manifest = (root / "data/prepared/manifest.json").read_bytes()
+    params = yaml.safe_load(original)
+    params["prepare"]["resolution"] = 24
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode != 0
+        assert "prepare.resolution: expected one of 8, 16, 32, 64, 128, 256, got 24" in result.stderr
+        assert (root / "data/prepared/manifest.json").read_bytes() == manifest
+    finally:
+        params_path.write_text(original)
 
 
 def test_experiment_with_a_new_lr_changes_the_metrics(repo):

@@ -1,6 +1,3 @@
-"""Data: sources, preparation into uint8 arrays, and reading prepared splits."""
-
-from ganforge.data.prepare import prepare
-from ganforge.data.prepared import PreparedSplit, load_split, read_manifest
-
-__all__ = ["PreparedSplit", "load_split", "prepare", "read_manifest"]
+"""Data: sources (``sources``, ``files``, ``archive``, ``decode``), preparation (``prepare``), the prepared-array
+format (``prepared``), batch streaming (``stream``) and train-time augmentation (``augment``). Import the
+submodule you need, so each stage's DVC deps stay exact."""

@@ -91,7 +91,7 @@ def load_files(entries: Iterator[tuple[str, bytes | None, str | None]], source: 
     return RawImages(
         images=np.ascontiguousarray(images), labels=labels, class_names=class_names,
         source_hash=listing.hexdigest(), split=splits, skipped=tuple(skipped), total_files=total,
-        paths=tuple(d.path for d in decoded),
+        paths=tuple(d.path for d in decoded), deduplicated=True,
     )
 
 

@@ -61,14 +61,14 @@ def resize(images: np.ndarray, resolution: int) -> np.ndarray:
 
 def drop_duplicates(raw: RawImages) -> tuple[np.ndarray, list[dict[str, str]]]:
     """Indices of the first copy of each distinct image (by content hash), and the skipped duplicates."""
+    if raw.deduplicated:
+        return np.arange(len(raw.images)), []
     first: dict[bytes, int] = {}
     keep, skipped = [], []
     for i, image in enumerate(raw.images):
         digest = hashlib.sha256(image.tobytes()).digest()
         if digest in first:
-            name = raw.paths[i] if raw.paths else f"image #{i}"
-            other = raw.paths[first[digest]] if raw.paths else f"image #{first[digest]}"
-            skipped.append({"path": name, "reason": f"exact duplicate of {other}"})
+            skipped.append({"path": f"image #{i}", "reason": f"exact duplicate of image #{first[digest]}"})
         else:
             first[digest] = i
             keep.append(i)

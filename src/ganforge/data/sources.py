@@ -27,6 +27,7 @@ class RawImages:
         skipped: files left out, each ``{"path": ..., "reason": ...}``.
         total_files: files looked at (file sources), or N.
         paths: source path of each image, when the source has files.
+        deduplicated: exact duplicates were already dropped (file sources compare file bytes).
     """
 
     images: np.ndarray
@@ -37,6 +38,7 @@ class RawImages:
     skipped: tuple[dict[str, str], ...] = ()
     total_files: int = 0
     paths: tuple[str, ...] = ()
+    deduplicated: bool = False
 
 
 def hash_arrays(*arrays: np.ndarray) -> str:

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ganforge.config import FeaturizerConfig
-from ganforge.data import load_split
+from ganforge.data.prepared import load_split
 from ganforge.files import sha256_file, write_json
 from ganforge.images import to_unit_range
 from ganforge.models.registry import load_weights, save_weights

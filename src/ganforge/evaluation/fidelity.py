@@ -18,8 +18,7 @@ from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleW
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from ganforge.config import EvaluateConfig
-from ganforge.data import load_split
-from ganforge.data.prepared import ImageTensorDataset
+from ganforge.data.prepared import ImageTensorDataset, load_split
 from ganforge.errors import UserError
 from ganforge.evaluation.features import load_featurizer
 from ganforge.files import sha256_file

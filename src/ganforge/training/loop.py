@@ -12,8 +12,8 @@ from dvclive import Live
 from tqdm import tqdm
 
 from ganforge.config import TrainConfig, config_to_dict
-from ganforge.data import load_split
 from ganforge.data.augment import AdaptiveProbability, DiffAugment
+from ganforge.data.prepared import load_split
 from ganforge.data.stream import BatchStream
 from ganforge.distributed import is_main_process, rank_seed
 from ganforge.errors import UserError
