@@ -48,3 +48,39 @@ def test_prepare_twice_gives_identical_bytes(tmp_path, tiny_configs):
 def test_missing_prepared_data_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="manifest.json: file not found"):
         load_split(tmp_path, "train")
+
+
+def test_atomic_dir_puts_the_previous_directory_back_on_failure(tmp_path):
+    from ganforge.files import atomic_dir
+
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("new, half written")
+        raise RuntimeError("crash mid-write")
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or aside directories left
+
+
+def test_unlabeled_data_trains_the_featurizer_on_rotations(tmp_path, tiny_configs):
+    from PIL import Image
+
+    from ganforge.config import PrepareConfig
+    from ganforge.evaluation.features import train_featurizer
+
+    root = tmp_path / "flat"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(120):  # asymmetric shapes, so rotations are learnable
+        img = np.zeros((16, 16), np.uint8)
+        img[2:14, 3:6] = 255
+        img[2:5, 3:13] = 255
+        img = np.roll(img, rng.integers(-2, 3, 2), axis=(0, 1))
+        Image.fromarray(img).save(root / f"{i}.png")
+    cfg = PrepareConfig(source="folder", path=str(root), resolution=16)
+    prepare(cfg, tmp_path / "prepared", tmp_path / "grid.png")
+    metrics = train_featurizer(tiny_configs["featurizer"], tmp_path / "prepared", tmp_path / "f.safetensors",
+                               tmp_path / "f.json")
+    assert metrics["task"] == "rotation"
+    assert metrics["test_accuracy"] > 0.5  # chance is 0.25

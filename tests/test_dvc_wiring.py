@@ -60,13 +60,29 @@ def test_deps_cover_every_imported_library_file(stage):
 
 
 @pytest.mark.parametrize("stage", sorted(PIPELINE))
+def test_deps_list_no_library_file_the_stage_does_not_import(stage):
+    deps = [REPO / d for d in PIPELINE[stage]["deps"] if d.startswith("src/")]
+    listed = {f for d in deps for f in ([d] if d.is_file() else d.rglob("*.py"))}
+    extra = listed - imported_files(REPO / "stages" / f"{stage}.py")
+    assert not extra, f"{stage}: deps it never imports: {[str(f.relative_to(REPO)) for f in extra]}"
+
+
+def _configs_loaded_by(script: Path) -> set[str]:
+    """Names of the config classes a stage script passes to load_stage_config."""
+    names = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "load_stage_config":
+            names.add(node.args[0].id)
+    return names
+
+
+@pytest.mark.parametrize("stage", sorted(PIPELINE))
 def test_params_are_exactly_what_the_stage_reads(stage):
-    cls = STAGE_CONFIGS[stage]
-    declared = set(PIPELINE[stage]["params"])
-    reads = {cls.SECTION, *cls.TOP_LEVEL}
-    if stage == "optimize":
-        reads.add("evaluate")  # the pinned FID protocol
-    assert declared == reads
+    by_name = {cls.__name__: cls for cls in STAGE_CONFIGS.values()}
+    loaded = [by_name[name] for name in _configs_loaded_by(REPO / "stages" / f"{stage}.py")]
+    assert STAGE_CONFIGS[stage] in loaded
+    reads = {key for cls in loaded for key in (cls.SECTION, *cls.TOP_LEVEL)}
+    assert set(PIPELINE[stage]["params"]) == reads
 
 
 @pytest.mark.parametrize("stage", sorted(PIPELINE))

@@ -25,7 +25,8 @@ def test_seed_generator_keeps_the_article_design():
     g = build_generator(GeneratorSpec("seed", 100, 32, 1))
     widths = [m.out_features for m in g.fc if isinstance(m, torch.nn.Linear)]
     assert widths == [256, 512, 1024]
-    assert all(isinstance(m, torch.nn.ConvTranspose2d) for m in g.ups if isinstance(m, torch.nn.modules.conv._ConvNd))
+    convs = [m for m in g.ups if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    assert len(convs) == 3 and all(isinstance(m, torch.nn.ConvTranspose2d) for m in convs)  # 4 -> 8 -> 16 -> 32
 
 
 def test_save_load_round_trip_is_exact(tmp_path):

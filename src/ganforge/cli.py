@@ -20,16 +20,16 @@ from ganforge.latents import latents
 from ganforge.packaging.package import RUNTIMES, load_package
 
 
-def _int_at_least(minimum: int):
-    """An argparse type accepting integers >= ``minimum``."""
+def _int_at_least(minimum: int, maximum: int = 2**31 - 1):
+    """An argparse type accepting integers in [minimum, maximum]."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer from {minimum} to {maximum}, got {text!r}")
         return value
 
     return parse

@@ -24,7 +24,7 @@ C = TypeVar("C", bound="StageConfig")
 
 # Top-level keys every params.yaml may carry, with the checks they get wherever a stage reads them.
 _TOP_LEVEL_FIELDS: dict[str, dict[str, Any]] = {
-    "seed": {"ge": 0},
+    "seed": {"ge": 0, "le": 2**31 - 1},
     "lr": {"gt": 0.0, "le": 1.0},
 }
 
@@ -127,7 +127,7 @@ class TrainConfig(StageConfig):
     lr: float = 0.0002
     arch: Literal["seed"] = "seed"
     z_dim: int = _param(100, ge=1, le=4096)
-    batch_size: int = _param(64, ge=1, le=65536)
+    batch_size: int = _param(64, ge=2, le=65536)  # BatchNorm needs two samples per batch
     kimg: float = _param(200.0, gt=0.0)
     beta1: float = _param(0.5, ge=0.0, lt=1.0)
     beta2: float = _param(0.999, ge=0.0, lt=1.0)
@@ -139,6 +139,8 @@ class TrainConfig(StageConfig):
 
     def __post_init__(self) -> None:
         parse_augment_policy(self.augment)
+        if self.kimg * 1000 < self.batch_size:
+            raise UserError(f"train.kimg: {self.kimg} is less than one batch of {self.batch_size} images")
 
     @property
     def augment_policy(self) -> tuple[str, ...]:

@@ -44,23 +44,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success swap it into place.
 
-    At every moment either the previous directory or the complete new one sits at ``path``.
+    The old directory is moved aside, the new one renamed in, then the old one deleted. If anything fails
+    (including Ctrl-C) before the swap completes, the old directory is put back and the new one discarded,
+    so ``path`` ends up holding either the complete previous directory or the complete new one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
+    aside: Path | None = None
     try:
         yield tmp
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)) / path.name
+            os.replace(path, aside)
+        os.replace(tmp, path)
+    except BaseException:
+        if aside is not None and aside.exists() and not path.exists():
+            os.replace(aside, path)  # put the previous directory back
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if aside is not None:
+            shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -11,12 +11,17 @@ import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from ganforge.errors import UserError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# No image file is this large; a bigger entry is an archive bomb or not training data, so it is never read.
+MAX_ENTRY_BYTES = 256 * 1024 * 1024
+_ENTRY_ERRORS = (OSError, EOFError, RuntimeError, NotImplementedError, zlib.error, zipfile.BadZipFile,
+                 tarfile.TarError)
 
 
 def _check_member_name(archive: Path, name: str) -> str:
@@ -29,8 +34,10 @@ def _check_member_name(archive: Path, name: str) -> str:
     return "/".join(p for p in parts if p not in ("", "."))
 
 
-def _check_link(archive: Path, name: str, target: str) -> None:
-    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+def _check_link(archive: Path, name: str, target: str, hard: bool = False) -> None:
+    """Symbolic links resolve from the entry's folder, hard links from the archive root."""
+    base = "" if hard else posixpath.dirname(name)
+    resolved = posixpath.normpath(posixpath.join(base, target))
     if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
         raise UserError(f"{archive}: refused entry {name!r}: link pointing outside the archive ({target!r})")
 
@@ -52,13 +59,16 @@ def _iter_tar(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
             for member in tar:
                 rel = _check_member_name(archive, member.name)
                 if member.issym() or member.islnk():
-                    _check_link(archive, member.name, member.linkname)
+                    _check_link(archive, member.name, member.linkname, hard=member.islnk())
                     yield rel, None, "link inside the archive (not followed)"
                 elif member.isfile():
+                    if member.size > MAX_ENTRY_BYTES:
+                        yield rel, None, f"entry too large ({member.size} bytes > {MAX_ENTRY_BYTES})"
+                        continue
                     handle = tar.extractfile(member)
                     yield rel, handle.read() if handle else b"", None
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UserError(f"{archive}: unreadable archive ({e})") from None
+    except _ENTRY_ERRORS as e:  # a tar stream cannot skip past a broken member
+        raise UserError(f"{archive}: unreadable archive ({type(e).__name__}: {e})") from None
 
 
 def _iter_zip(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
@@ -72,20 +82,41 @@ def _iter_zip(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
                     _check_link(archive, info.filename, zf.read(info).decode(errors="replace"))
                     yield rel, None, "link inside the archive (not followed)"
                     continue
-                yield rel, zf.read(info), None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise UserError(f"{archive}: unreadable archive ({e})") from None
+                if info.file_size > MAX_ENTRY_BYTES:
+                    yield rel, None, f"entry too large ({info.file_size} bytes > {MAX_ENTRY_BYTES})"
+                    continue
+                try:
+                    with zf.open(info) as handle:
+                        data = handle.read(MAX_ENTRY_BYTES + 1)  # bounded even if the header lies
+                except _ENTRY_ERRORS as e:  # bad CRC, encrypted, unknown compression: skip this entry
+                    yield rel, None, f"unreadable archive entry ({type(e).__name__}: {e})"
+                    continue
+                if len(data) > MAX_ENTRY_BYTES:
+                    yield rel, None, f"entry too large (> {MAX_ENTRY_BYTES} bytes)"
+                    continue
+                yield rel, data, None
+    except _ENTRY_ERRORS as e:
+        raise UserError(f"{archive}: unreadable archive ({type(e).__name__}: {e})") from None
 
 
 def iter_folder(root: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
-    """Yield (relative path, bytes, None) for every file below ``root`` in sorted order; links are skipped."""
+    """Yield (relative path, bytes, None) for every file below ``root`` in sorted order; links and anything
+    that is not a regular file are listed as skipped."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        for name in [d for d in dirnames if (Path(dirpath) / d).is_symlink()]:
+            yield (Path(dirpath) / name).relative_to(root).as_posix(), None, "symbolic link (not followed)"
         for filename in sorted(filenames):
             path = Path(dirpath) / filename
             rel = path.relative_to(root).as_posix()
             if path.is_symlink():
                 yield rel, None, "symbolic link (not followed)"
+                continue
+            if not stat.S_ISREG(path.lstat().st_mode):
+                yield rel, None, "not a regular file"
+                continue
+            if path.stat().st_size > MAX_ENTRY_BYTES:
+                yield rel, None, f"file too large ({path.stat().st_size} bytes > {MAX_ENTRY_BYTES})"
                 continue
             try:
                 yield rel, path.read_bytes(), None

@@ -97,9 +97,12 @@ def decode_image(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, bool]
         raise BadImage("not an image") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"corrupt or truncated image ({e})") from None
-    image = ImageOps.exif_transpose(image)
-    rgb, was_grey = _flatten(image, BACKGROUNDS[options.background])
-    rgb = _square(rgb, options)
-    if rgb.size != (options.resolution, options.resolution):
-        rgb = rgb.resize((options.resolution, options.resolution), Image.Resampling.LANCZOS)  # antialiased
-    return np.asarray(rgb, dtype=np.uint8), was_grey
+    try:
+        image = ImageOps.exif_transpose(image)
+        rgb, was_grey = _flatten(image, BACKGROUNDS[options.background])
+        rgb = _square(rgb, options)
+        if rgb.size != (options.resolution, options.resolution):
+            rgb = rgb.resize((options.resolution, options.resolution), Image.Resampling.LANCZOS)  # antialiased
+        return np.asarray(rgb, dtype=np.uint8), was_grey
+    except Exception as e:  # malformed EXIF, exotic modes: a bad file, not a crash of the stage
+        raise BadImage(f"corrupt or unsupported image ({type(e).__name__}: {e})") from None

@@ -19,7 +19,6 @@ from ganforge.errors import UserError
 from ganforge.files import atomic_dir, write_json
 from ganforge.images import save_grid
 
-DOWNLOAD_ROOT = Path.home() / ".cache" / "ganforge"
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, the weights PIL's convert("L") uses
 
 
@@ -33,7 +32,7 @@ def load_source(cfg: PrepareConfig) -> RawImages:
         loader = load_folder if cfg.source == "folder" else load_archive
         return loader(path, options, cfg.max_bad_fraction)
     if cfg.source == "cifar10":
-        return load_cifar10(path, cfg.download, DOWNLOAD_ROOT / "cifar10")
+        return load_cifar10(path, cfg.download)
     return load_mnist_family(cfg.source, path, cfg.download)
 
 
@@ -105,8 +104,11 @@ def prepare(cfg: PrepareConfig, out_dir: str | Path, grid_path: str | Path) -> d
     else:
         train_idx, test_idx = stratified_split(labels, cfg.test_fraction, cfg.seed)
         splits = {"train": train_idx, "test": test_idx}
-    if len(splits["train"]) == 0:
-        raise UserError(f"{cfg.path}: no training images after the split")
+    for split, idx in splits.items():
+        if len(idx) == 0:
+            where = "the source" if cfg.source == "digits" else cfg.path
+            raise UserError(f"{where}: the {split} split is empty (prepare.test_fraction={cfg.test_fraction}, "
+                            f"{len(keep)} images)")
 
     arrays = {split: (images[idx], labels[idx]) for split, idx in splits.items()}
     if cfg.hflip:  # offline augmentation: mirrored copies join the training split

@@ -79,23 +79,26 @@ class _ArrayUnpickler(pickle.Unpickler):
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 
 
-def load_cifar10(path: Path, download: bool, download_root: Path) -> RawImages:
-    """CIFAR-10 from the official python-version archive at ``path`` (the file, or a folder holding it),
-    or downloaded by torchvision into ``download_root`` when ``download`` is set."""
-    if path.is_dir():
+def load_cifar10(path: Path, download: bool) -> RawImages:
+    """CIFAR-10 from the official python-version archive at ``path`` (the file, or a folder holding it).
+
+    With ``download`` set and the archive missing, torchvision's download code fetches it into that folder
+    (checking its md5); it is then read here, through the restricted unpickler.
+    """
+    if path.is_dir() or not path.name.endswith((".tar.gz", ".tgz")):
         path = path / CIFAR10_ARCHIVE
     if not path.is_file():
         if not download:
             raise UserError(f"{path}: CIFAR-10 archive not found; set prepare.path to {CIFAR10_ARCHIVE} "
                             "or prepare.download: true")
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_url
 
         try:
-            CIFAR10(root=str(download_root), download=True)
-        except Exception as e:  # no network: torchvision raises URLError/OSError/RuntimeError
+            download_url(CIFAR10.url, str(path.parent), filename=path.name, md5=CIFAR10.tgz_md5)
+        except Exception as e:  # no network: URLError, OSError or RuntimeError
             raise UserError(f"CIFAR-10 download failed ({type(e).__name__}: {e}); set prepare.path to a local "
                             f"{CIFAR10_ARCHIVE}") from None
-        path = download_root / CIFAR10_ARCHIVE
     batches: dict[str, dict] = {}
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -104,16 +107,21 @@ def load_cifar10(path: Path, download: bool, download_root: Path) -> RawImages:
                 if member.isfile() and (name.startswith(("data_batch_", "test_batch")) or name == "batches.meta"):
                     batches[name] = _ArrayUnpickler(io.BytesIO(tar.extractfile(member).read()),
                                                     encoding="bytes").load()
-    except (tarfile.TarError, OSError, pickle.UnpicklingError, EOFError) as e:
-        raise UserError(f"{path}: not a CIFAR-10 python archive ({e})") from None
+    except Exception as e:  # tar errors, refused globals, malformed pickles
+        raise UserError(f"{path}: not a CIFAR-10 python archive ({type(e).__name__}: {e})") from None
     train_names = sorted(n for n in batches if n.startswith("data_batch_"))
     if not train_names or "test_batch" not in batches:
         raise UserError(f"{path}: not a CIFAR-10 python archive (data_batch_* or test_batch missing)")
     parts = [batches[n] for n in train_names] + [batches["test_batch"]]
+    for name, batch in zip([*train_names, "test_batch"], parts, strict=True):
+        ok = isinstance(batch, dict) and isinstance(batch.get(b"data"), np.ndarray) and b"labels" in batch
+        if not ok or batch[b"data"].shape != (len(batch[b"labels"]), 3072):
+            raise UserError(f"{path}: {name} is not a CIFAR-10 batch (expected data N x 3072 and N labels)")
     images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32) for b in parts])
     labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in parts])
     split = np.concatenate([np.full(len(b[b"labels"]), int(i == len(parts) - 1)) for i, b in enumerate(parts)])
-    meta = batches.get("batches.meta", {})
+    meta = batches.get("batches.meta")
+    meta = meta if isinstance(meta, dict) else {}
     names = tuple(n.decode() for n in meta.get(b"label_names", [])) or tuple(str(i) for i in range(10))
     return RawImages(images, labels, names, hash_arrays(images, labels), split=split, total_files=len(images))
 

@@ -1,5 +1,7 @@
-"""The domain feature network: a small CNN classifier trained on the prepared training split.
+"""The domain feature network: a small CNN trained on the prepared training split.
 
+On labeled data it is a classifier; on unlabeled data (one class) it learns to predict which of four
+rotations (0/90/180/270 degrees) was applied, so folders without classes still get semantic features.
 Its penultimate layer is the feature space for FID, KID and precision/recall, and its logits feed the
 Inception Score, so FID works offline on any domain. It is registered with torch-fidelity in
 :mod:`ganforge.evaluation.fidelity`.
@@ -20,9 +22,10 @@ from tqdm import tqdm
 
 from ganforge.config import FeaturizerConfig
 from ganforge.data.prepared import load_split
+from ganforge.errors import UserError
 from ganforge.files import sha256_file, write_json
 from ganforge.images import to_unit_range
-from ganforge.models.registry import load_weights, save_weights
+from ganforge.models.registry import load_state, load_weights, save_weights
 
 
 class DomainFeatureNet(nn.Module):
@@ -67,31 +70,55 @@ def save_featurizer(net: DomainFeatureNet, path: str | Path) -> None:
 def load_featurizer(path: str | Path) -> DomainFeatureNet:
     """Rebuild a :class:`DomainFeatureNet` from a safetensors file written by :func:`save_featurizer`."""
     state = load_weights(path)
-    with safe_open(str(path), framework="pt") as f:
-        config = json.loads(f.metadata()["config"])
-    net = DomainFeatureNet(**config)
-    net.load_state_dict(state)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            config = json.loads((f.metadata() or {})["config"])
+        net = DomainFeatureNet(**config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a ganforge featurizer (missing or bad 'config' metadata: {e})") from None
+    load_state(net, state, path)
     return net.eval()
 
 
+ROTATIONS = 4
+
+
+def rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
+    """Rotate each image (B, C, H, H) by its own number of quarter turns (B,)."""
+    out = images.clone()
+    for k in range(1, ROTATIONS):
+        chosen = quarter_turns == k
+        if chosen.any():
+            out[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
+    return out
+
+
 @torch.no_grad()
-def classifier_accuracy(net: DomainFeatureNet, images: np.ndarray, labels: np.ndarray, batch: int = 512) -> float:
-    """Top-1 accuracy on uint8 images (N, C, H, W)."""
+def accuracy(net: DomainFeatureNet, images: np.ndarray, labels: np.ndarray, rotation: bool,
+             batch: int = 512) -> float:
+    """Top-1 accuracy on uint8 images (N, C, H, W): of the class labels, or of all four rotations."""
     net.eval()
-    correct = 0
+    correct, total = 0, 0
     for start in range(0, len(images), batch):
         x = torch.from_numpy(np.array(images[start:start + batch]))
-        correct += int((net(x)[1].argmax(1) == torch.from_numpy(labels[start:start + batch])).sum())
-    return correct / max(1, len(images))
+        targets = [(x, torch.from_numpy(labels[start:start + batch]))] if not rotation else [
+            (rotate(x, torch.full((len(x),), k)), torch.full((len(x),), k)) for k in range(ROTATIONS)]
+        for inputs, y in targets:
+            correct += int((net(inputs)[1].argmax(1) == y).sum())
+            total += len(y)
+    return correct / max(1, total)
 
 
 def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str | Path,
                      metrics_path: str | Path) -> dict[str, Any]:
-    """Train the domain classifier on the prepared training split; write weights and its test accuracy."""
+    """Train the domain network on the prepared training split; write weights and its test accuracy (of the
+    classes, or of the rotations on unlabeled data)."""
     train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
+    rotation = len(train_split.class_names) < 2  # unlabeled: self-supervised rotation prediction
+    outputs = ROTATIONS if rotation else len(train_split.class_names)
     torch.manual_seed(cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed + 1)
-    net = DomainFeatureNet(train_split.channels, len(train_split.class_names), cfg.width, cfg.feature_dim)
+    net = DomainFeatureNet(train_split.channels, outputs, cfg.width, cfg.feature_dim)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     images = torch.from_numpy(np.array(train_split.images))  # (N, C, R, R) uint8
     labels = torch.from_numpy(train_split.labels)
@@ -106,7 +133,11 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
             x = images[idx]
             # Random 1-pixel shifts keep the classifier from memorising exact pixel positions.
             x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=order).tolist()), dims=(2, 3))
-            loss = F.cross_entropy(net(x)[1], labels[idx])
+            y = labels[idx]
+            if rotation:
+                y = torch.randint(0, ROTATIONS, (len(idx),), generator=order)
+                x = rotate(x, y)
+            loss = F.cross_entropy(net(x)[1], y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -115,8 +146,9 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
 
     save_featurizer(net, out_path)
     metrics = {
-        "test_accuracy": classifier_accuracy(net, test_split.images, test_split.labels),
-        "train_accuracy": classifier_accuracy(net, train_split.images, train_split.labels),
+        "task": "rotation" if rotation else "classification",
+        "test_accuracy": accuracy(net, test_split.images, test_split.labels, rotation),
+        "train_accuracy": accuracy(net, train_split.images, train_split.labels, rotation),
         "feature_dim": cfg.feature_dim,
         "weights_sha256": sha256_file(out_path),
     }

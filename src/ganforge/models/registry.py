@@ -41,6 +41,8 @@ class GeneratorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "spec") -> GeneratorSpec:
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: expected a JSON object describing the generator")
         names = {f.name for f in dataclasses.fields(cls)}
         missing = names - d.keys()
         if missing:
@@ -48,6 +50,12 @@ class GeneratorSpec:
         spec = cls(**{k: d[k] for k in names})
         if spec.arch not in _GENERATORS:
             raise UserError(f"{source}: unknown arch {spec.arch!r} (known: {', '.join(_GENERATORS)})")
+        for key in ("z_dim", "resolution", "channels"):
+            value = getattr(spec, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
+        if spec.resolution < 8 or spec.resolution & (spec.resolution - 1):
+            raise UserError(f"{source}: resolution must be a power of two >= 8, got {spec.resolution}")
         return spec
 
 
@@ -81,8 +89,17 @@ def load_generator(weights_path: str | Path) -> tuple[nn.Module, GeneratorSpec]:
     spec_path = weights_path.with_suffix(".json")
     spec = GeneratorSpec.from_dict(read_json(spec_path), source=str(spec_path))
     module = build_generator(spec)
-    module.load_state_dict(load_weights(weights_path))
+    load_state(module, load_weights(weights_path), weights_path)
     return module.eval(), spec
+
+
+def load_state(module: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``module.load_state_dict(state)``, with a mismatch reported as a one-line error naming the file."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"{path}: weights do not match the architecture ({first[0] if first else e})") from None
 
 
 def load_weights(path: str | Path) -> dict[str, Any]:

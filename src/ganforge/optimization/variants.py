@@ -14,6 +14,8 @@ from torch import nn
 from torch.ao.quantization import fuse_modules, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from ganforge.errors import UserError
+
 VARIANTS = ("fp32", "fused", "int8")
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -41,8 +43,15 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Recipe:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+    def from_dict(cls, d: dict[str, Any], source: str = "recipe") -> Recipe:
+        if not isinstance(d, dict) or d.get("variant") not in VARIANTS:
+            variant = d.get("variant") if isinstance(d, dict) else d
+            raise UserError(f"{source}: unknown or missing variant {variant!r} (known: {', '.join(VARIANTS)})")
+        recipe = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+        if recipe.quantization_backend not in torch.backends.quantized.supported_engines:
+            raise UserError(f"{source}: quantization_backend {recipe.quantization_backend!r} is not available "
+                            f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
+        return recipe
 
 
 def batchnorm_fold_pairs(module: nn.Module) -> list[list[str]]:

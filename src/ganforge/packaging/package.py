@@ -28,7 +28,7 @@ from ganforge.files import atomic_dir, read_json, sha256_file, write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.latents import latents
 from ganforge.models import GeneratorSpec, load_generator
-from ganforge.models.registry import build_generator, load_weights, save_weights
+from ganforge.models.registry import build_generator, load_state, load_weights, save_weights
 from ganforge.optimization.variants import Recipe, build_variant, fold_batchnorm
 from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
@@ -80,7 +80,7 @@ def write_package(cfg: PackageConfig, optimized_dir: str | Path, out_dir: str | 
     """Build the package from the optimize stage's winner, check ONNX parity, and write it atomically."""
     optimized_dir = Path(optimized_dir)
     generator, spec = load_generator(optimized_dir / "generator.safetensors")
-    recipe = Recipe.from_dict(read_json(optimized_dir / "recipe.json"))
+    recipe = Recipe.from_dict(read_json(optimized_dir / "recipe.json"), source=str(optimized_dir / "recipe.json"))
     folded = fold_batchnorm(generator)
     z = latents(cfg.seed, 0, cfg.parity_batch, spec.z_dim)  # (parity_batch, z_dim)
 
@@ -131,7 +131,8 @@ def verify_package(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise UserError(f"{path}: package directory not found")
     manifest = read_json(path / MANIFEST)
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    files_ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+    if not files_ok or manifest.get("format") != FORMAT:
         raise UserError(f"{path / MANIFEST}: not a ganforge generator manifest")
     expected = manifest["files"]
     for name, digest in expected.items():
@@ -155,11 +156,13 @@ def load_package(path: str | Path, runtime: str = "torch") -> GeneratorPackage:
     path = Path(path)
     verify_package(path)
     config = read_json(path / CONFIG)
-    spec = GeneratorSpec.from_dict(config.get("generator", {}), source=str(path / CONFIG))
-    recipe = Recipe.from_dict(config.get("recipe", {"variant": "fp32"}))
+    if not isinstance(config, dict):
+        raise UserError(f"{path / CONFIG}: expected a JSON object")
+    spec = GeneratorSpec.from_dict(config.get("generator"), source=f"{path / CONFIG}: generator")
+    recipe = Recipe.from_dict(config.get("recipe"), source=f"{path / CONFIG}: recipe")
     if runtime == "onnxruntime":
         return GeneratorPackage(path, spec, recipe, runtime, onnx_session=onnx_session(path / ONNX))
     generator = build_generator(spec)
-    generator.load_state_dict(load_weights(path / WEIGHTS))
+    load_state(generator, load_weights(path / WEIGHTS), path / WEIGHTS)
     module = build_variant(recipe, generator.eval(), spec.z_dim)
     return GeneratorPackage(path, spec, recipe, runtime, torch_module=module)

@@ -67,6 +67,7 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
         live.log_params(config_to_dict(cfg))
 
     cur_nimg, window = 0, torch.zeros(2)
+    loss_d_avg = loss_g_avg = float("nan")
     start = time.perf_counter()
     progress = tqdm(total=total_nimg, unit="img", unit_scale=True, desc="train", disable=not main, mininterval=1.0)
     for step in range(total_steps):
@@ -94,17 +95,17 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
         cur_nimg += real.shape[0]
         window += torch.stack([loss_d.detach(), loss_g.detach()])
         progress.update(real.shape[0])
-        if live is not None and ((step + 1) % log_every_steps == 0 or step + 1 == total_steps):
-            n = (step % log_every_steps) + 1
-            loss_d_avg, loss_g_avg = (window / n).tolist()
-            live.log_metric("loss_d", loss_d_avg)
-            live.log_metric("loss_g", loss_g_avg)
-            live.log_metric("kimg", cur_nimg / 1000)
-            if ada is not None:
-                live.log_metric("augment_p", ada.p)
-            live.next_step()
-            progress.set_postfix(loss_d=f"{loss_d_avg:.3f}", loss_g=f"{loss_g_avg:.3f}")
+        if (step + 1) % log_every_steps == 0 or step + 1 == total_steps:
+            loss_d_avg, loss_g_avg = (window / ((step % log_every_steps) + 1)).tolist()
             window.zero_()
+            progress.set_postfix(loss_d=f"{loss_d_avg:.3f}", loss_g=f"{loss_g_avg:.3f}")
+            if live is not None:
+                live.log_metric("loss_d", loss_d_avg)
+                live.log_metric("loss_g", loss_g_avg)
+                live.log_metric("kimg", cur_nimg / 1000)
+                if ada is not None:
+                    live.log_metric("augment_p", ada.p)
+                live.next_step()
     progress.close()
     elapsed_s = time.perf_counter() - start
 
