@@ -119,6 +119,8 @@ class TrainConfig(StageConfig):
         ema_kimg: half-life of the generator's exponential moving average, in kimg; 0 turns it off.
             The saved generator (and so every later stage) is the EMA.
         log_interval_kimg: how often losses are logged, in kimg.
+        checkpoint_kimg: how often the full training state is checkpointed (atomically), in kimg. A rerun
+            with the same params and data resumes from an unfinished checkpoint.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -136,6 +138,7 @@ class TrainConfig(StageConfig):
     ada_kimg: float = _param(100.0, gt=0.0)
     ema_kimg: float = _param(10.0, ge=0.0)
     log_interval_kimg: float = _param(2.0, gt=0.0)
+    checkpoint_kimg: float = _param(20.0, gt=0.0)
 
     def __post_init__(self) -> None:
         parse_augment_policy(self.augment)

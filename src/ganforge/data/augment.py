@@ -68,6 +68,13 @@ class DiffAugment:
         self.p = p
         self.generator = torch.Generator().manual_seed(seed)
 
+    def state_dict(self) -> dict:
+        return {"p": self.p, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p = state["p"]
+        self.generator.set_state(state["generator"])
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) in [-1, 1] -> augmented (B, C, H, W), differentiable in x."""
         if not self.policy or self.p <= 0:
@@ -95,6 +102,12 @@ class AdaptiveProbability:
         self.p = 0.0
         self.signs: list[float] = []
         self.nimg = 0
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "signs": list(self.signs), "nimg": self.nimg}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p, self.signs, self.nimg = state["p"], list(state["signs"]), state["nimg"]
 
     def observe(self, real_logits: torch.Tensor) -> None:
         """Record D's logits on a real batch (B,)."""

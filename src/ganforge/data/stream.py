@@ -1,12 +1,13 @@
 """The training data path: seeded shuffled batches read straight from the memory-mapped prepared arrays.
 
 Only the rows of the current batch are read, so datasets larger than memory stream from disk (the page
-cache keeps hot data in memory).
+cache keeps hot data in memory). The stream's position is part of its state, so a resumed run continues
+with exactly the batches an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +30,25 @@ class BatchStream:
         self.images = split.images
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
+        self.order: np.ndarray | None = None
+        self.cursor = 0
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        n, b = len(self.images), self.batch_size
-        while True:
-            order = self.rng.permutation(n)
-            for start in range(0, n - b + 1, b):
-                rows = np.sort(order[start:start + b])  # sorted reads are sequential-ish on the memmap
-                yield to_unit_range(torch.from_numpy(self.images[rows]))  # (B, C, R, R)
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        b = self.batch_size
+        if self.order is None or self.cursor + b > len(self.order):  # new epoch
+            self.order, self.cursor = self.rng.permutation(len(self.images)), 0
+        rows = np.sort(self.order[self.cursor:self.cursor + b])  # sorted reads are sequential-ish on the memmap
+        self.cursor += b
+        return to_unit_range(torch.from_numpy(self.images[rows]))  # (B, C, R, R)
+
+    def state_dict(self) -> dict[str, Any]:
+        order = None if self.order is None else torch.from_numpy(self.order)
+        return {"rng": self.rng.bit_generator.state, "order": order, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = None if state["order"] is None else state["order"].numpy()
+        self.cursor = state["cursor"]
