@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint clean bench-budget bench-data
+.PHONY: install repro test lint clean bench-budget bench-data bench-train bench-quality
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,11 @@ bench-budget: $(VENV)/.installed-test
 ## Measure the data stage (CIFAR-10 JPEG preparation, training data path) into docs/benchmarks.md.
 bench-data: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/data_path.py
+
+## Measure training images/s of seed, dcgan and lite, and 2-process DDP against 1 process.
+bench-train: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/train_throughput.py
+
+## Train seed and lite on CIFAR-10 (../shared/datasets) for 30 minutes each, side by side, and score both.
+bench-quality: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/time_to_quality.py

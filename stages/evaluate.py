@@ -10,14 +10,14 @@ from ganforge.evaluation.evaluate import evaluate
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--generator", required=True, help="generator weights (.safetensors)")
+    parser.add_argument("--train-dir", required=True, help="the train stage's output directory")
     parser.add_argument("--data", required=True, help="prepared-data directory")
     parser.add_argument("--featurizer", required=True, help="featurizer weights (.safetensors)")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--grid", required=True, help="sample-grid PNG to write")
     args = parser.parse_args()
     cfg = load_stage_config(EvaluateConfig, args.params)
-    metrics = evaluate(cfg, args.generator, args.data, args.featurizer, args.metrics, args.grid)
+    metrics = evaluate(cfg, args.train_dir, args.data, args.featurizer, args.metrics, args.grid)
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "
           f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f} -> {args.metrics}")
 

@@ -10,7 +10,7 @@ from ganforge.optimization.optimize import optimize
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--generator", required=True, help="trained generator weights (.safetensors)")
+    parser.add_argument("--train-dir", required=True, help="the train stage's output directory")
     parser.add_argument("--data", required=True, help="prepared-data directory (FID reference)")
     parser.add_argument("--featurizer", required=True, help="featurizer weights (.safetensors)")
     parser.add_argument("--out", required=True, help="directory for the winner's weights and recipe")
@@ -19,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_stage_config(OptimizeConfig, args.params)
     eval_cfg = load_stage_config(EvaluateConfig, args.params)  # the pinned FID protocol
-    metrics = optimize(cfg, eval_cfg, args.generator, args.data, args.featurizer, args.out, args.metrics,
+    metrics = optimize(cfg, eval_cfg, args.train_dir, args.data, args.featurizer, args.out, args.metrics,
                        args.table)
     print(f"optimize: winner {metrics['winner']} at {metrics['winner_img_per_s']:.0f} img/s "
           f"({metrics['winner_speedup']:.2f}x fp32), FID {metrics['winner_fid']:.3f} "

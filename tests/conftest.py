@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Overrides that shrink every stage of params.yaml to a few seconds on 2 cores.
 TINY = {
     "prepare": {"resolution": 16},
-    "train": {"kimg": 1.5, "batch_size": 32, "log_interval_kimg": 0.5, "ema_kimg": 0.5},
+    "train": {"kimg": 1.5, "batch_size": 32, "log_interval_kimg": 0.5, "ema_kimg": 0.5, "snapshot_kimg": 0.75,
+              "fid_interval_kimg": 0.5, "fid_samples": 100},
     "featurizer": {"epochs": 5},
     "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16},
     "optimize": {"batch": 16, "warmup": 1, "repeats": 3, "calibration_batches": 2},
@@ -87,7 +88,7 @@ def tiny_configs() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> TinyRun:
-    """Run prepare -> train -> featurizer -> evaluate -> optimize -> package once, on tiny params."""
+    """Run prepare -> featurizer -> train -> evaluate -> optimize -> package once, on tiny params."""
     from ganforge.data.prepare import prepare
     from ganforge.evaluation.evaluate import evaluate
     from ganforge.evaluation.features import train_featurizer
@@ -109,11 +110,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
     )
     c = tiny_configs
     prepare(c["prepare"], run.prepared, run.prepare_grid)
-    train(c["train"], run.prepared, run.train_dir, run.live_dir)
     train_featurizer(c["featurizer"], run.prepared, run.featurizer, run.featurizer_metrics)
-    generator = run.train_dir / "generator.safetensors"
-    evaluate(c["evaluate"], generator, run.prepared, run.featurizer, run.evaluate_metrics, run.evaluate_grid)
-    optimize(c["optimize"], c["evaluate"], generator, run.prepared, run.featurizer, run.optimized,
+    train(c["train"], run.prepared, run.train_dir, run.live_dir, featurizer_path=run.featurizer)
+    evaluate(c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.evaluate_metrics, run.evaluate_grid)
+    optimize(c["optimize"], c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.optimized,
              run.optimize_metrics, run.optimize_table)
     write_package(c["package"], run.optimized, run.package, run.package_metrics)
     return run

@@ -41,10 +41,10 @@ def test_translation_keeps_content_and_cutout_zeroes_a_patch():
 def test_ada_raises_p_when_d_is_overconfident_and_lowers_it_otherwise():
     ada = AdaptiveProbability(target=0.6, speed_kimg=1.0, interval_steps=1)
     for _ in range(10):
-        ada.observe(torch.ones(50))  # sign(D(real)) = +1 > target
+        ada.observe(1.0, 50)  # sign(D(real)) = +1 > target
     assert ada.p == pytest.approx(0.5)
     for _ in range(20):
-        ada.observe(-torch.ones(50))
+        ada.observe(-1.0, 50)
     assert ada.p == 0.0
 
 
@@ -57,6 +57,7 @@ def test_training_with_ada_logs_p(tmp_path, tiny_run, tiny_configs):
     from ganforge.training.loop import train
 
     cfg = dataclasses.replace(tiny_configs["train"], kimg=0.3, augment="color,translation,cutout", ada_target=0.6,
+                              fid_interval_kimg=0, snapshot_kimg=0,
                               ada_kimg=1.0, log_interval_kimg=0.1)
     train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
     rows = (tmp_path / "live/plots/metrics/augment_p.tsv").read_text().splitlines()

@@ -46,7 +46,7 @@ def test_top_level_keys_reach_the_stages_that_read_them(tmp_path):
         ("train", "kimgg", 5, "train.kimgg: unknown key"),
         ("train", "batch_size", "64", "train.batch_size: expected an integer, got '64'"),
         ("train", "batch_size", True, "train.batch_size: expected an integer, got True"),
-        ("train", "arch", "stylegan", "train.arch: expected one of 'seed', got 'stylegan'"),
+        ("train", "arch", "stylegan", "train.arch: expected one of 'seed', 'dcgan', 'lite', got 'stylegan'"),
         ("train", "kimg", -1, "train.kimg: expected a value > 0.0, got -1.0"),
         ("prepare", "resolution", 24, "prepare.resolution: expected one of 8, 16, 32, 64, 128, 256, got 24"),
     ],

@@ -59,8 +59,10 @@ def test_real_data_scores_better_than_noise(tiny_run, tiny_configs):
 
 def test_scoring_is_deterministic(tiny_run, tiny_configs):
     from ganforge.models import load_generator
+    from ganforge.models.registry import trained_generator_path
 
-    generator, spec = load_generator(tiny_run.train_dir / "generator.safetensors")
+    scored = trained_generator_path(tiny_run.train_dir, tiny_configs["evaluate"].generator)  # best, by default
+    generator, spec = load_generator(scored)
     protocol = make_protocol(tiny_configs["evaluate"], tiny_run.prepared, tiny_run.featurizer)
     first = score_generator(generator, spec.z_dim, protocol)
     stored = json.loads(tiny_run.evaluate_metrics.read_text())

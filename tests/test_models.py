@@ -1,4 +1,4 @@
-"""The seed architecture: shapes at every resolution, and a save/load round trip with no pickles."""
+"""The architectures: shapes at every resolution, their defining layers, and a save/load round trip with no pickles."""
 
 from __future__ import annotations
 
@@ -10,15 +10,43 @@ from ganforge.models import GeneratorSpec, build_discriminator, build_generator,
 from ganforge.models.registry import load_weights
 
 
+@pytest.mark.parametrize("arch", ["seed", "dcgan", "lite"])
 @pytest.mark.parametrize("resolution", [8, 16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_seed_shapes(resolution, channels):
-    g = build_generator(GeneratorSpec("seed", 16, resolution, channels)).eval()
-    d = build_discriminator("seed", resolution, channels)
+def test_shapes(arch, resolution, channels):
+    g = build_generator(GeneratorSpec(arch, 16, resolution, channels)).eval()
     images = g(torch.randn(3, 16))
     assert images.shape == (3, channels, resolution, resolution)
     assert images.min() >= -1 and images.max() <= 1
-    assert d(images).shape == (3,)
+    for spectral_norm in (False, True):
+        d = build_discriminator(arch, resolution, channels, spectral_norm=spectral_norm)
+        assert d(images).shape == (3,)
+
+
+def test_lite_has_no_transposed_convs_and_uses_skip_layer_excitation():
+    from ganforge.models.lite import SkipLayerExcitation
+
+    g = build_generator(GeneratorSpec("lite", 16, 32, 3))
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert any(isinstance(m, torch.nn.Upsample) and m.mode == "nearest" for m in g.modules())
+    assert sum(isinstance(m, SkipLayerExcitation) for m in g.modules()) == 1  # 4x4 gates 16x16
+    params = {w: sum(p.numel() for p in build_generator(GeneratorSpec("lite", 16, 32, 3, w)).parameters())
+              for w in (0.5, 1.0, 2.0)}
+    assert params[0.5] < params[1.0] < params[2.0]
+
+
+def test_spectral_norm_replaces_batchnorm_in_d():
+    d = build_discriminator("dcgan", 32, 3, spectral_norm=True)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d.modules())
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+
+
+def test_width_is_checked():
+    with pytest.raises(UserError, match="seed architecture keeps the article's widths"):
+        GeneratorSpec.from_dict({"arch": "seed", "z_dim": 8, "resolution": 16, "channels": 1, "width": 2.0})
+    old = GeneratorSpec.from_dict({"arch": "seed", "z_dim": 8, "resolution": 16, "channels": 1})
+    assert old.width == 1.0  # specs written before the width multiplier
 
 
 def test_seed_generator_keeps_the_article_design():

@@ -66,3 +66,27 @@ def test_optimize_outputs(tiny_run, tiny_configs):
     assert [r["variant"] for r in rows] == ["fp32", "fused", "int8"]
     recipe = json.loads((tiny_run.optimized / "recipe.json").read_text())
     assert recipe["variant"] == metrics["winner"]
+
+
+@pytest.mark.parametrize("arch, width", [("dcgan", 0.25), ("lite", 1.0)])
+def test_every_architecture_folds_quantizes_and_exports(tmp_path, arch, width):
+    from ganforge.models import GeneratorSpec, build_generator
+    from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
+
+    spec = GeneratorSpec(arch, 16, 32, 3, width)
+    torch.manual_seed(0)
+    generator = build_generator(spec)
+    with torch.no_grad():  # a few train-mode batches give BatchNorm non-trivial statistics to fold
+        for _ in range(3):
+            generator(torch.randn(32, spec.z_dim))
+    generator.eval()
+    z = torch.randn(16, spec.z_dim)
+    reference = generator(z)
+    fused = build_variant(Recipe("fused"), generator, spec.z_dim)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert torch.allclose(fused(z), reference, atol=1e-4)
+    int8 = build_variant(Recipe("int8", calibration_batches=4, calibration_batch_size=32), generator, spec.z_dim)
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    assert (int8(z) - reference).abs().mean() < 0.05
+    export_onnx(generator, spec.z_dim, tmp_path / "g.onnx", opset=17)
+    assert torch.allclose(run_onnx(onnx_session(tmp_path / "g.onnx"), z), reference, atol=1e-4)

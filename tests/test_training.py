@@ -1,7 +1,8 @@
-"""The train stage's library function on a tiny budget."""
+"""The train stage's library function on a tiny budget: architectures, losses, schedules, monitoring, resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,11 @@ from ganforge.errors import UserError
 from ganforge.models import load_generator
 from ganforge.training.checkpoint import load_checkpoint, save_checkpoint
 from ganforge.training.ema import GeneratorEMA
+
+
+def _quiet(cfg, **changes):
+    """``cfg`` without the in-loop FID and sample grids (tests of other features need no featurizer)."""
+    return dataclasses.replace(cfg, fid_interval_kimg=0, snapshot_kimg=0, **changes)
 
 
 def test_train_writes_generator_checkpoint_and_loss_curves(tiny_run, tiny_configs):
@@ -32,11 +38,9 @@ def test_train_writes_generator_checkpoint_and_loss_curves(tiny_run, tiny_config
 
 
 def test_training_changes_the_weights_and_is_deterministic(tmp_path, tiny_run, tiny_configs):
-    import dataclasses
-
     from ganforge.training.loop import train
 
-    cfg = dataclasses.replace(tiny_configs["train"], kimg=0.2)
+    cfg = _quiet(tiny_configs["train"], kimg=0.2)
     for name in ("a", "b"):
         train(cfg, tiny_run.prepared, tmp_path / name, tmp_path / f"live_{name}")
     a = (tmp_path / "a/generator.safetensors").read_bytes()
@@ -67,8 +71,10 @@ from ganforge.config import TrainConfig, config_from_dict
 from ganforge.training.loop import train
 cfg = config_from_dict(TrainConfig, {{"kimg": 8.0, "batch_size": 32, "log_interval_kimg": 0.5,
                                       "checkpoint_kimg": 0.4, "ema_kimg": 0.5, "augment": "color,translation",
-                                      "ada_target": 0.6, "ada_kimg": 2.0}})
-train(cfg, {data!r}, sys.argv[1], sys.argv[2])
+                                      "ada_target": 0.6, "ada_kimg": 2.0, "fid_interval_kimg": 2.0,
+                                      "fid_samples": 100, "snapshot_kimg": 0, "r1_gamma": 0.1, "r1_interval": 4,
+                                      "lr_schedule": "cosine", "warmup_kimg": 1.0}})
+train(cfg, {data!r}, sys.argv[1], sys.argv[2], featurizer_path={featurizer!r})
 """
 
 
@@ -79,7 +85,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     import sys
     import time
 
-    script = _RUN_TRAINING.format(data=str(tiny_run.prepared))
+    script = _RUN_TRAINING.format(data=str(tiny_run.prepared), featurizer=str(tiny_run.featurizer))
     env = os.environ | {"OMP_NUM_THREADS": "1"}
 
     def run(out: str) -> subprocess.Popen:
@@ -100,21 +106,21 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     resumed = run("killed")
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0 and "resuming from" in stderr
-    for name in ("generator.safetensors",):
+    for name in ("generator.safetensors", "generator-best.safetensors"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
     final = load_checkpoint(tmp_path / "killed" / "checkpoint.pt")
     straight = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     for key in ("generator", "discriminator", "generator_ema"):
         assert all(torch.equal(final[key][k], straight[key][k]) for k in straight[key])
-    assert final["ada"] == straight["ada"]
+    assert final["ada"] == straight["ada"] and final["best"]["fid"] == straight["best"]["fid"]
+    for key in ("sched_g", "sched_d"):
+        assert final[key] == straight[key]
 
 
 def test_finished_or_foreign_checkpoint_starts_from_scratch(tmp_path, tiny_run, tiny_configs, capsys):
-    import dataclasses
-
     from ganforge.training.loop import train
 
-    cfg = dataclasses.replace(tiny_configs["train"], kimg=0.2)
+    cfg = _quiet(tiny_configs["train"], kimg=0.2)
     train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
     first = (tmp_path / "out/generator.safetensors").read_bytes()
     train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
@@ -125,19 +131,17 @@ def test_finished_or_foreign_checkpoint_starts_from_scratch(tmp_path, tiny_run, 
 
 
 def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_run, tiny_configs, monkeypatch):
-    import dataclasses
-
     from ganforge.training import loop
 
-    cfg = dataclasses.replace(tiny_configs["train"], kimg=1.0, checkpoint_kimg=0.2)
-    real_loss = loop.g_loss_nonsaturating
+    cfg = _quiet(tiny_configs["train"], kimg=1.0, checkpoint_kimg=0.2)
+    real_loss = loop.generator_loss
     calls = {"n": 0}
 
-    def poisoned(logits):
+    def poisoned(kind, logits):
         calls["n"] += 1
-        return real_loss(logits) * (float("nan") if calls["n"] == 20 else 1.0)
+        return real_loss(kind, logits) * (float("nan") if calls["n"] == 20 else 1.0)
 
-    monkeypatch.setattr(loop, "g_loss_nonsaturating", poisoned)
+    monkeypatch.setattr(loop, "generator_loss", poisoned)
     with pytest.raises(UserError, match=r"training diverged: loss_g is nan at step 19 .* last good checkpoint"):
         loop.train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
     state = load_checkpoint(tmp_path / "out" / "checkpoint.pt")
@@ -147,14 +151,101 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_run
 
 
 def test_raising_kimg_after_a_finished_run_continues_it_exactly(tmp_path, tiny_run, tiny_configs):
-    import dataclasses
-
     from ganforge.training.loop import train
 
-    short = dataclasses.replace(tiny_configs["train"], kimg=0.2)
+    short = _quiet(tiny_configs["train"], kimg=0.2)
     long = dataclasses.replace(short, kimg=0.4)
     train(short, tiny_run.prepared, tmp_path / "a", tmp_path / "live_a")
     result = train(long, tiny_run.prepared, tmp_path / "a", tmp_path / "live_a")
     train(long, tiny_run.prepared, tmp_path / "b", tmp_path / "live_b")
     assert result.cur_nimg == 13 * 32
     assert (tmp_path / "a/generator.safetensors").read_bytes() == (tmp_path / "b/generator.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("arch, options", [
+    ("dcgan", {"loss": "hinge", "r1_gamma": 1.0, "r1_interval": 2, "d_spectral_norm": True, "width": 0.25}),
+    ("lite", {"precision": "bf16", "channels_last": True, "d_lr_ratio": 2.0, "augment": "translation"}),
+])
+def test_every_architecture_and_option_trains(tmp_path, tiny_run, tiny_configs, arch, options):
+    from ganforge.training.loop import train
+
+    cfg = _quiet(tiny_configs["train"], arch=arch, kimg=0.3, log_interval_kimg=0.1, **options)
+    result = train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
+    generator, spec = load_generator(tmp_path / "out/generator.safetensors")
+    assert (spec.arch, spec.width) == (arch, cfg.width)
+    assert torch.isfinite(generator(torch.randn(4, spec.z_dim))).all()
+    assert all(map(lambda v: v == v, (result.loss_d, result.loss_g)))  # not NaN
+    metrics = tmp_path / "live/plots/metrics"
+    lr_g = [float(r.split("\t")[1]) for r in (metrics / "lr_g.tsv").read_text().splitlines()[1:]]
+    lr_d = [float(r.split("\t")[1]) for r in (metrics / "lr_d.tsv").read_text().splitlines()[1:]]
+    assert lr_d == pytest.approx([g * cfg.d_lr_ratio for g in lr_g])
+    for name in ("grad_norm_g", "grad_norm_d", "d_real", "d_fake", "img_per_s"):
+        assert (metrics / f"{name}.tsv").is_file(), name
+    if cfg.r1_gamma:
+        r1 = [float(r.split("\t")[1]) for r in (metrics / "loss_r1.tsv").read_text().splitlines()[1:]]
+        assert any(v > 0 for v in r1)
+
+
+def test_warmup_then_cosine_schedule():
+    from ganforge.training.schedule import lr_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = lr_scheduler(opt, "cosine", warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[8] == pytest.approx(0.5) and lrs[-1] < 0.05
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+
+
+def test_hinge_and_nonsaturating_losses_and_r1():
+    from ganforge.training.losses import discriminator_loss, generator_loss, r1_penalty
+
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert discriminator_loss("hinge", real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert generator_loss("hinge", fake).item() == pytest.approx(1.0)
+    assert discriminator_loss("nonsaturating", real, fake).item() == pytest.approx(
+        (torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean()).item())
+    # D(x) = <w, x> has gradient w everywhere, so R1 = ||w||^2 for every sample.
+    w = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]])
+    x = torch.randn(3, 1, 2, 2, requires_grad=True)
+    assert r1_penalty((x * w).sum(dim=(1, 2, 3)), x).item() == pytest.approx(w.square().sum().item())
+
+
+def test_inloop_fid_keeps_the_best_generator_and_logs_grids(tiny_run, tiny_configs):
+    from ganforge.models.registry import trained_generator_path
+
+    summary = json.loads((tiny_run.train_dir / "train.json").read_text())
+    rows = (tiny_run.live_dir / "plots/metrics/fid_inloop.tsv").read_text().splitlines()[1:]
+    fids = [float(r.split("\t")[1]) for r in rows]
+    assert len(fids) >= 3 and summary["best_fid_inloop"] == min(fids)
+    assert trained_generator_path(tiny_run.train_dir, "best").name == "generator-best.safetensors"
+    best = load_checkpoint(tiny_run.train_dir / "checkpoint.pt")["best"]
+    generator, _ = load_generator(tiny_run.train_dir / "generator-best.safetensors")
+    assert all(torch.equal(v, best["generator_ema"][k]) for k, v in generator.state_dict().items())
+    grids = sorted((tiny_run.live_dir / "plots/images/samples").glob("*kimg.png"))
+    assert [g.name for g in grids] == ["00000.8kimg.png", "00001.5kimg.png"]  # past 0.75 and 1.5 kimg
+
+
+def test_best_generator_without_inloop_fid_is_a_clear_error(tmp_path, tiny_run, tiny_configs):
+    from ganforge.models.registry import trained_generator_path
+    from ganforge.training.loop import train
+
+    train(_quiet(tiny_configs["train"], kimg=0.1), tiny_run.prepared, tmp_path / "out", tmp_path / "live")
+    with pytest.raises(UserError, match="best generator is missing .*set train.fid_interval_kimg or use last"):
+        trained_generator_path(tmp_path / "out", "best")
+    with pytest.raises(UserError, match="in-loop FID needs the featurizer"):
+        train(dataclasses.replace(tiny_configs["train"], kimg=0.1), tiny_run.prepared, tmp_path / "o", tmp_path / "l")
+
+
+def test_time_limit_stops_early_with_complete_outputs(tmp_path, tiny_run, tiny_configs):
+    from ganforge.training.loop import train
+
+    result = train(_quiet(tiny_configs["train"], kimg=1000.0), tiny_run.prepared, tmp_path / "out",
+                   tmp_path / "live", time_limit_s=1.0)
+    summary = json.loads((tmp_path / "out/train.json").read_text())
+    assert summary["stopped_by_time_limit"] and 0 < result.cur_nimg < 1_000_000
+    assert load_checkpoint(tmp_path / "out/checkpoint.pt")["step"] == result.steps

@@ -104,46 +104,86 @@ class TrainConfig(StageConfig):
     """Params of the train stage.
 
     Args:
-        seed: base seed for weights, latents and batch order.
-        lr: Adam learning rate of both G and D.
-        arch: generator/discriminator family; ``seed`` is the article's fc 256-512-1024 + transposed-conv GAN.
+        seed: base seed for weights, latents and batch order; each rank derives its own from it.
+        lr: the generator's Adam learning rate; D's is ``lr * d_lr_ratio`` (TTUR).
+        arch: generator/discriminator family: ``seed`` (the article's fc 256-512-1024 + transposed-conv GAN,
+            the baseline), ``dcgan`` (Radford et al.) or ``lite`` (nearest-upsample + 3x3 convs with skip-layer
+            excitation, built for fast inference and int8).
+        width: channel multiplier of ``dcgan`` and ``lite`` (G and D); ``seed`` needs 1.0.
         z_dim: latent size.
-        batch_size: real images per D step.
+        batch_size: real images per D step, summed over all ranks (each rank takes batch_size / nproc).
         kimg: training length in thousands of real images shown to D.
+        loss: ``nonsaturating`` (the original GAN loss) or ``hinge``.
+        r1_gamma: weight of the R1 gradient penalty on reals (Mescheder et al., 2018); 0 turns it off.
+        r1_interval: lazy regularisation: apply R1 every this many D steps, scaled up to match.
+        d_lr_ratio: D's learning rate as a multiple of ``lr`` (two time-scale update rule).
+        lr_schedule: after warm-up, ``constant`` or ``cosine`` decay to zero at ``kimg``.
+        warmup_kimg: linear learning-rate warm-up from zero, in kimg.
         beta1, beta2: Adam betas.
+        precision: ``fp32``, or ``bf16`` autocast for G and D forward passes (CPU and CUDA).
+        channels_last: run G and D in the channels-last memory format.
+        d_spectral_norm: spectral-normalise D's weights (and drop its BatchNorms).
         augment: DiffAugment policy applied to real and fake images before D, a comma-separated subset of
             ``color,translation,cutout``; empty for none.
         ada_target: ADA-style target for E[sign(D(real))]; the augmentation probability p adapts toward it.
             0 turns ADA off (p stays 1 when ``augment`` is set).
         ada_kimg: images (in thousands) for ADA's p to travel from 0 to 1 at full signal.
         ema_kimg: half-life of the generator's exponential moving average, in kimg; 0 turns it off.
-            The saved generator (and so every later stage) is the EMA.
-        log_interval_kimg: how often losses are logged, in kimg.
+            The saved generators (and so every later stage) are the EMA.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        nproc: processes per node; the stage runs ``torchrun --nproc_per_node=${train.nproc}``.
+        collective_timeout_s: a collective that waits longer than this (a stalled or dead rank) fails
+            with an error naming the rank instead of blocking forever.
+        log_interval_kimg: how often losses, learning rates, D outputs, gradient norms and speed are logged.
         checkpoint_kimg: how often the full training state is checkpointed (atomically), in kimg. A rerun
             with the same params and data resumes from an unfinished checkpoint.
+        snapshot_kimg: how often a sample grid from fixed latents is logged; 0 turns it off.
+        fid_interval_kimg: how often the in-loop FID (domain features, ``fid_samples`` images) is measured;
+            the best generator by it is kept as ``generator-best``. 0 turns it off.
+        fid_samples: generated images per in-loop FID (against at most as many training images).
     """
 
     SECTION: ClassVar[str] = "train"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed", "lr")
     seed: int = 0
     lr: float = 0.0002
-    arch: Literal["seed"] = "seed"
+    arch: Literal["seed", "dcgan", "lite"] = "seed"
+    width: float = _param(1.0, gt=0.0, le=16.0)
     z_dim: int = _param(100, ge=1, le=4096)
     batch_size: int = _param(64, ge=2, le=65536)  # BatchNorm needs two samples per batch
     kimg: float = _param(200.0, gt=0.0)
+    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    r1_gamma: float = _param(0.0, ge=0.0)
+    r1_interval: int = _param(16, ge=1)
+    d_lr_ratio: float = _param(1.0, gt=0.0, le=100.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_kimg: float = _param(0.0, ge=0.0)
     beta1: float = _param(0.5, ge=0.0, lt=1.0)
     beta2: float = _param(0.999, ge=0.0, lt=1.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    d_spectral_norm: bool = False
     augment: str = ""
     ada_target: float = _param(0.0, ge=0.0, lt=1.0)
     ada_kimg: float = _param(100.0, gt=0.0)
     ema_kimg: float = _param(10.0, ge=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: int = _param(1, ge=1, le=1024)
+    collective_timeout_s: float = _param(600.0, gt=0.0)
     log_interval_kimg: float = _param(2.0, gt=0.0)
     checkpoint_kimg: float = _param(20.0, gt=0.0)
+    snapshot_kimg: float = _param(50.0, ge=0.0)
+    fid_interval_kimg: float = _param(50.0, ge=0.0)
+    fid_samples: int = _param(500, ge=2)
 
     def __post_init__(self) -> None:
         parse_augment_policy(self.augment)
         if self.kimg * 1000 < self.batch_size:
             raise UserError(f"train.kimg: {self.kimg} is less than one batch of {self.batch_size} images")
+        if self.arch == "seed" and self.width != 1.0:
+            raise UserError(f"train.width: the seed architecture keeps the article's widths; use 1.0, got {self.width}")
+        if self.batch_size % self.nproc:
+            raise UserError(f"train.batch_size: {self.batch_size} does not split evenly over train.nproc={self.nproc}")
 
     @property
     def augment_policy(self) -> tuple[str, ...]:
@@ -185,6 +225,8 @@ class EvaluateConfig(StageConfig):
         kid_subset_size: KID subset size; at most ``num_samples`` and the reference split's size.
         kid_subsets: number of KID subsets.
         grid_size: images in the sample grid.
+        generator: which of the train stage's generators is scored (and optimized): ``best`` (lowest in-loop
+            FID) or ``last``.
     """
 
     SECTION: ClassVar[str] = "evaluate"
@@ -196,6 +238,7 @@ class EvaluateConfig(StageConfig):
     kid_subset_size: int = _param(1000, ge=2)
     kid_subsets: int = _param(100, ge=1)
     grid_size: int = _param(64, ge=1, le=1024)
+    generator: Literal["best", "last"] = "best"
 
 
 @dataclass(frozen=True)

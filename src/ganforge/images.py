@@ -25,6 +25,13 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 def save_grid(images: torch.Tensor, path: str | Path, min_width_px: int = 512) -> None:
     """Save uint8 images (N, C, H, W) as one square-ish PNG grid, upscaled (nearest) to be viewable."""
+    image = grid_image(images, min_width_px)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def grid_image(images: torch.Tensor, min_width_px: int = 512) -> Image.Image:
+    """uint8 images (N, C, H, W) as one square-ish grid, upscaled (nearest) to at least ``min_width_px``."""
     assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
     nrow = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
     grid = make_grid(images, nrow=nrow, padding=1, pad_value=255)  # (C, H', W')
@@ -35,8 +42,7 @@ def save_grid(images: torch.Tensor, path: str | Path, min_width_px: int = 512) -
     scale = max(1, math.ceil(min_width_px / image.width))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
-    with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+    return image
 
 
 def save_pngs(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -> list[Path]:

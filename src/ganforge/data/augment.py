@@ -61,12 +61,13 @@ class DiffAugment:
         policy: augmentation names, e.g. ("color", "translation", "cutout").
         seed: seed of the augmentation random stream.
         p: probability that a sample is augmented (1.0 is plain DiffAugment; ADA adapts it).
+        device: device of the images (and so of the random stream).
     """
 
-    def __init__(self, policy: tuple[str, ...], seed: int, p: float = 1.0) -> None:
+    def __init__(self, policy: tuple[str, ...], seed: int, p: float = 1.0, device: str | torch.device = "cpu") -> None:
         self.policy = policy
         self.p = p
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def state_dict(self) -> dict:
         return {"p": self.p, "generator": self.generator.get_state()}
@@ -84,7 +85,8 @@ class DiffAugment:
             out = _OPS[name](out, self.generator)
         if self.p >= 1:
             return out
-        gate = (torch.rand(x.shape[0], 1, 1, 1, generator=self.generator) < self.p).to(x.dtype)  # (B, 1, 1, 1)
+        draw = torch.rand(x.shape[0], 1, 1, 1, generator=self.generator, device=x.device)  # (B, 1, 1, 1)
+        gate = (draw < self.p).to(x.dtype)
         return gate * out + (1 - gate) * x
 
 
@@ -109,10 +111,10 @@ class AdaptiveProbability:
     def load_state_dict(self, state: dict) -> None:
         self.p, self.signs, self.nimg = state["p"], list(state["signs"]), state["nimg"]
 
-    def observe(self, real_logits: torch.Tensor) -> None:
-        """Record D's logits on a real batch (B,)."""
-        self.signs.append(float(torch.sign(real_logits.detach()).mean()))
-        self.nimg += real_logits.shape[0]
+    def observe(self, real_sign_mean: float, batch_nimg: int) -> None:
+        """Record mean(sign(D(real))) over a batch of ``batch_nimg`` real images (all ranks' mean under DDP)."""
+        self.signs.append(float(real_sign_mean))
+        self.nimg += batch_nimg
         if len(self.signs) >= self.interval_steps:
             overfit = sum(self.signs) / len(self.signs)  # r_t in the ADA paper
             step = self.nimg / (self.speed_kimg * 1000)

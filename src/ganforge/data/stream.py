@@ -19,16 +19,23 @@ from ganforge.images import to_unit_range
 class BatchStream:
     """Endless shuffled batches of real images in [-1, 1].
 
+    Under torchrun every rank builds the stream with the same seed, so all ranks walk one shuffled order;
+    each global batch is split by rank (rows ``rank::world_size``), like a DistributedSampler.
+
     Args:
         split: a prepared split (memory-mapped uint8 images (N, C, R, R)).
-        batch_size: images per batch; a ragged epoch tail is dropped.
-        seed: seed of the shuffle order.
+        batch_size: images per global batch; a ragged epoch tail is dropped.
+        seed: seed of the shuffle order (the same on every rank).
+        rank: this process's share of each batch.
+        world_size: number of shares; must divide ``batch_size``.
     """
 
-    def __init__(self, split: PreparedSplit, batch_size: int, seed: int) -> None:
+    def __init__(self, split: PreparedSplit, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         assert len(split) >= batch_size, (len(split), batch_size)
+        assert batch_size % world_size == 0 and 0 <= rank < world_size, (batch_size, rank, world_size)
         self.images = split.images
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.rng = np.random.default_rng(seed)
         self.order: np.ndarray | None = None
         self.cursor = 0
@@ -40,9 +47,10 @@ class BatchStream:
         b = self.batch_size
         if self.order is None or self.cursor + b > len(self.order):  # new epoch
             self.order, self.cursor = self.rng.permutation(len(self.images)), 0
-        rows = np.sort(self.order[self.cursor:self.cursor + b])  # sorted reads are sequential-ish on the memmap
+        rows = self.order[self.cursor:self.cursor + b][self.rank::self.world_size]
         self.cursor += b
-        return to_unit_range(torch.from_numpy(self.images[rows]))  # (B, C, R, R)
+        rows = np.sort(rows)  # sorted reads are sequential-ish on the memmap
+        return to_unit_range(torch.from_numpy(self.images[rows]))  # (B / world_size, C, R, R)
 
     def state_dict(self) -> dict[str, Any]:
         order = None if self.order is None else torch.from_numpy(self.order)

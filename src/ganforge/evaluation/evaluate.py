@@ -12,6 +12,7 @@ from ganforge.evaluation.fidelity import make_protocol, score_generator, score_r
 from ganforge.files import write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.models import load_generator
+from ganforge.models.registry import trained_generator_path
 
 
 @torch.no_grad()
@@ -21,10 +22,11 @@ def sample_grid(generator: torch.nn.Module, z_dim: int, count: int, seed: int, p
     save_grid(to_uint8(generator.eval()(z)), path)
 
 
-def evaluate(cfg: EvaluateConfig, generator_path: str | Path, data_dir: str | Path,
+def evaluate(cfg: EvaluateConfig, train_dir: str | Path, data_dir: str | Path,
              featurizer_path: str | Path, metrics_path: str | Path, grid_path: str | Path) -> dict[str, Any]:
-    """Score the generator with torch-fidelity under the pinned protocol; write metrics JSON and a grid."""
-    generator, spec = load_generator(generator_path)
+    """Score the train stage's ``cfg.generator`` (best or last) with torch-fidelity under the pinned protocol;
+    write metrics JSON and a grid."""
+    generator, spec = load_generator(trained_generator_path(train_dir, cfg.generator))
     protocol = make_protocol(cfg, data_dir, featurizer_path)
     metrics: dict[str, Any] = score_generator(generator, spec.z_dim, protocol)
     metrics["fid_real_floor"] = score_real_floor(data_dir, protocol)

@@ -103,6 +103,7 @@ class Protocol:
             "kid_subset_size": self.cfg.kid_subset_size,
             "kid_subsets": self.cfg.kid_subsets,
             "latent_seed": self.cfg.seed,
+            "generator": self.cfg.generator,  # the train stage's best (in-loop FID) or last EMA generator
             "torch_fidelity_version": torch_fidelity.__version__,
         }
 

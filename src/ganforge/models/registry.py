@@ -11,13 +11,21 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from ganforge.errors import UserError
 from ganforge.files import atomic_path, read_json, write_json
+from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from ganforge.models.lite import LiteDiscriminator, LiteGenerator
 from ganforge.models.seed import SeedDiscriminator, SeedGenerator
 
-_GENERATORS = {"seed": SeedGenerator}
-_DISCRIMINATORS = {"seed": SeedDiscriminator}
+_GENERATORS = {"seed": SeedGenerator, "dcgan": DCGANGenerator, "lite": LiteGenerator}
+_DISCRIMINATORS = {"seed": SeedDiscriminator, "dcgan": DCGANDiscriminator, "lite": LiteDiscriminator}
+ARCHS = tuple(_GENERATORS)
+
+# The train stage's generators: the last EMA weights, and those with the best in-loop FID.
+LAST_GENERATOR = "generator.safetensors"
+BEST_GENERATOR = "generator-best.safetensors"
 
 
 @dataclass(frozen=True)
@@ -29,12 +37,14 @@ class GeneratorSpec:
         z_dim: latent size; inputs are (B, z_dim) standard-normal latents.
         resolution: output side in pixels.
         channels: output channels.
+        width: channel multiplier of ``dcgan`` and ``lite``; ``seed`` keeps the article's widths (1.0).
     """
 
     arch: str
     z_dim: int
     resolution: int
     channels: int
+    width: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -44,10 +54,10 @@ class GeneratorSpec:
         if not isinstance(d, dict):
             raise UserError(f"{source}: expected a JSON object describing the generator")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - d.keys()
+        missing = names - d.keys() - {"width"}  # specs written before the width multiplier existed mean 1.0
         if missing:
             raise UserError(f"{source}: missing generator keys {sorted(missing)}")
-        spec = cls(**{k: d[k] for k in names})
+        spec = cls(**{k: d[k] for k in names if k in d})
         if spec.arch not in _GENERATORS:
             raise UserError(f"{source}: unknown arch {spec.arch!r} (known: {', '.join(_GENERATORS)})")
         for key in ("z_dim", "resolution", "channels"):
@@ -56,22 +66,64 @@ class GeneratorSpec:
                 raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
         if spec.resolution < 8 or spec.resolution & (spec.resolution - 1):
             raise UserError(f"{source}: resolution must be a power of two >= 8, got {spec.resolution}")
+        check_width(spec.arch, spec.width, f"{source}: width")
         return spec
+
+
+def check_width(arch: str, width: Any, label: str) -> None:
+    """``width`` must be a positive number, and exactly 1.0 for ``seed`` (the article fixes its widths)."""
+    if isinstance(width, bool) or not isinstance(width, int | float) or not 0 < width <= 16:
+        raise UserError(f"{label}: expected a number in (0, 16], got {width!r}")
+    if arch == "seed" and width != 1.0:
+        raise UserError(f"{label}: the seed architecture keeps the article's widths; use 1.0, got {width!r}")
 
 
 def build_generator(spec: GeneratorSpec) -> nn.Module:
     """A freshly initialised generator for ``spec``."""
-    return _GENERATORS[spec.arch](z_dim=spec.z_dim, resolution=spec.resolution, channels=spec.channels)
+    kwargs = {} if spec.arch == "seed" else {"width": spec.width}
+    return _GENERATORS[spec.arch](z_dim=spec.z_dim, resolution=spec.resolution, channels=spec.channels, **kwargs)
 
 
-def build_discriminator(arch: str, resolution: int, channels: int) -> nn.Module:
-    """A freshly initialised discriminator of family ``arch``."""
-    return _DISCRIMINATORS[arch](resolution=resolution, channels=channels)
+def build_discriminator(arch: str, resolution: int, channels: int, width: float = 1.0,
+                        spectral_norm: bool = False) -> nn.Module:
+    """A freshly initialised discriminator of family ``arch``.
+
+    Args:
+        arch: ``seed``, ``dcgan`` or ``lite``.
+        resolution: input side in pixels.
+        channels: input channels.
+        width: channel multiplier (``dcgan`` and ``lite``).
+        spectral_norm: wrap every conv and linear weight in spectral normalisation (Miyato et al., 2018) and
+            drop D's BatchNorm layers, which spectral norm replaces as the stabiliser.
+    """
+    kwargs = {} if arch == "seed" else {"width": width}
+    discriminator = _DISCRIMINATORS[arch](resolution=resolution, channels=channels, **kwargs)
+    return with_spectral_norm(discriminator) if spectral_norm else discriminator
+
+
+def with_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral-normalise every conv/linear of ``module`` in place and replace its BatchNorms by Identity."""
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.BatchNorm1d | nn.BatchNorm2d):
+                setattr(parent, name, nn.Identity())
+            elif isinstance(child, nn.Conv2d | nn.Linear):
+                setattr(parent, name, parametrizations.spectral_norm(child))
+    return module
+
+
+def trained_generator_path(train_dir: str | Path, which: str) -> Path:
+    """The train stage's ``best`` or ``last`` generator in ``train_dir``; a missing one is a one-line error."""
+    path = Path(train_dir) / (BEST_GENERATOR if which == "best" else LAST_GENERATOR)
+    if not path.is_file():
+        hint = " (the in-loop FID was off: set train.fid_interval_kimg or use last)" if which == "best" else ""
+        raise UserError(f"{path}: the {which} generator is missing{hint}")
+    return path
 
 
 def save_weights(module: nn.Module, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
     """Write the module's state dict as safetensors, atomically; ``metadata`` is stored as JSON strings."""
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
 
