@@ -15,11 +15,13 @@ def main() -> None:
     parser.add_argument("--featurizer", required=True, help="featurizer weights (.safetensors)")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--grid", required=True, help="sample-grid PNG to write")
+    parser.add_argument("--nearest", required=True, help="nearest-neighbour grid PNG to write")
     args = parser.parse_args()
     cfg = load_stage_config(EvaluateConfig, args.params)
-    metrics = evaluate(cfg, args.train_dir, args.data, args.featurizer, args.metrics, args.grid)
+    metrics = evaluate(cfg, args.train_dir, args.data, args.featurizer, args.metrics, args.grid, args.nearest)
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "
-          f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f} -> {args.metrics}")
+          f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
+          f"{metrics['img_per_s']:.0f} img/s -> {args.metrics}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ TINY = {
     "train": {"kimg": 1.5, "batch_size": 32, "log_interval_kimg": 0.5, "ema_kimg": 0.5, "snapshot_kimg": 0.75,
               "fid_interval_kimg": 0.5, "fid_samples": 100},
     "featurizer": {"epochs": 5},
-    "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16},
+    "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16,
+                 "speed_batch": 64, "speed_repeats": 3, "nearest_count": 4},
     "optimize": {"batch": 16, "warmup": 1, "repeats": 3, "calibration_batches": 2},
     "package": {"parity_batch": 4, "grid_size": 16},
 }
@@ -60,6 +61,7 @@ class TinyRun:
     featurizer_metrics: Path
     evaluate_metrics: Path
     evaluate_grid: Path
+    evaluate_nearest: Path
     optimized: Path
     optimize_metrics: Path
     optimize_table: Path
@@ -104,6 +106,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
         featurizer=root / "models/featurizer/featurizer.safetensors",
         featurizer_metrics=root / "metrics/featurizer.json",
         evaluate_metrics=root / "metrics/evaluate.json", evaluate_grid=root / "plots/evaluate/samples.png",
+        evaluate_nearest=root / "plots/evaluate/nearest.png",
         optimized=root / "models/optimized", optimize_metrics=root / "metrics/optimize.json",
         optimize_table=root / "plots/optimize/variants.csv",
         package=root / "dist/generator", package_metrics=root / "metrics/package.json",
@@ -112,7 +115,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
     prepare(c["prepare"], run.prepared, run.prepare_grid)
     train_featurizer(c["featurizer"], run.prepared, run.featurizer, run.featurizer_metrics)
     train(c["train"], run.prepared, run.train_dir, run.live_dir, featurizer_path=run.featurizer)
-    evaluate(c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.evaluate_metrics, run.evaluate_grid)
+    evaluate(c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.evaluate_metrics, run.evaluate_grid,
+             run.evaluate_nearest)
     optimize(c["optimize"], c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.optimized,
              run.optimize_metrics, run.optimize_table)
     write_package(c["package"], run.optimized, run.package, run.package_metrics)

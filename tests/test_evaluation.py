@@ -30,11 +30,22 @@ def test_evaluate_metrics_and_protocol(tiny_run, tiny_configs):
     metrics = json.loads(tiny_run.evaluate_metrics.read_text())
     assert metrics.keys() >= METRIC_KEYS
     assert metrics["fid"] > 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
-    assert 0 <= metrics["fid_real_floor"] < metrics["fid"]
+    assert 0 <= metrics["fid_real_floor"] < metrics["fid"] and metrics["kid_real_floor"] < metrics["kid_mean"]
+    assert metrics["img_per_s_min"] <= metrics["img_per_s"] <= metrics["img_per_s_max"]
+    assert metrics["latency_ms_batch1"] > 0
     protocol = metrics["protocol"]
+    assert protocol["speed_batch"] == tiny_configs["evaluate"].speed_batch and protocol["generator"] == "best"
     assert protocol["num_samples"] == tiny_configs["evaluate"].num_samples
     assert protocol["feature_extractor"] == "domain" and len(protocol["feature_extractor_sha256"]) == 64
     assert Image.open(tiny_run.evaluate_grid).size[0] >= 512
+
+
+def test_nearest_neighbour_grid_pairs_each_sample_with_training_images(tiny_run, tiny_configs):
+    grid = np.array(Image.open(tiny_run.evaluate_nearest))
+    # nearest_count rows of 1 generated + 5 training images, each 16 px plus 1 px padding, upscaled evenly
+    rows, cols = tiny_configs["evaluate"].nearest_count, 6
+    height, width = grid.shape[:2]
+    assert width / height == pytest.approx((cols * 17 + 1) / (rows * 17 + 1))
 
 
 def test_domain_extractor_is_registered_with_torch_fidelity():

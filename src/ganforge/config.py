@@ -227,6 +227,10 @@ class EvaluateConfig(StageConfig):
         grid_size: images in the sample grid.
         generator: which of the train stage's generators is scored (and optimized): ``best`` (lowest in-loop
             FID) or ``last``.
+        speed_batch: batch at which the scored generator's images/s is measured (batch-1 latency is too).
+        speed_repeats: timed repeats of each speed measurement; the median is reported.
+        nearest_count: generated images in the nearest-neighbour grid, each beside its closest training
+            images in feature space (a memorisation check).
     """
 
     SECTION: ClassVar[str] = "evaluate"
@@ -239,6 +243,9 @@ class EvaluateConfig(StageConfig):
     kid_subsets: int = _param(100, ge=1)
     grid_size: int = _param(64, ge=1, le=1024)
     generator: Literal["best", "last"] = "best"
+    speed_batch: int = _param(256, ge=1, le=65536)
+    speed_repeats: int = _param(10, ge=1)
+    nearest_count: int = _param(8, ge=1, le=64)
 
 
 @dataclass(frozen=True)

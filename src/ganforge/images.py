@@ -23,17 +23,19 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1.0
 
 
-def save_grid(images: torch.Tensor, path: str | Path, min_width_px: int = 512) -> None:
-    """Save uint8 images (N, C, H, W) as one square-ish PNG grid, upscaled (nearest) to be viewable."""
-    image = grid_image(images, min_width_px)
+def save_grid(images: torch.Tensor, path: str | Path, min_width_px: int = 512, nrow: int | None = None) -> None:
+    """Save uint8 images (N, C, H, W) as one PNG grid (square-ish unless ``nrow`` images per row are asked
+    for), upscaled (nearest) to be viewable."""
+    image = grid_image(images, min_width_px, nrow)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
 
-def grid_image(images: torch.Tensor, min_width_px: int = 512) -> Image.Image:
-    """uint8 images (N, C, H, W) as one square-ish grid, upscaled (nearest) to at least ``min_width_px``."""
+def grid_image(images: torch.Tensor, min_width_px: int = 512, nrow: int | None = None) -> Image.Image:
+    """uint8 images (N, C, H, W) as one grid of ``nrow`` per row (default square-ish), upscaled (nearest) to
+    at least ``min_width_px``."""
     assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
-    nrow = max(1, int(np.ceil(np.sqrt(images.shape[0]))))
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
     grid = make_grid(images, nrow=nrow, padding=1, pad_value=255)  # (C, H', W')
     array = grid.permute(1, 2, 0).numpy()  # (H', W', C)
     if array.shape[2] == 1:

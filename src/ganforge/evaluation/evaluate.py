@@ -1,18 +1,23 @@
-"""The evaluate stage's library function: score the trained generator and draw its sample grid."""
+"""The evaluate stage's library function: score the trained generator, time it, and draw its sample and
+nearest-neighbour grids."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ganforge.config import EvaluateConfig
+from ganforge.data.prepared import load_split
+from ganforge.evaluation.features import load_featurizer
 from ganforge.evaluation.fidelity import make_protocol, score_generator, score_real_floor
 from ganforge.files import write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.models import load_generator
 from ganforge.models.registry import trained_generator_path
+from ganforge.optimization.benchmark import time_generators
 
 
 @torch.no_grad()
@@ -22,15 +27,39 @@ def sample_grid(generator: torch.nn.Module, z_dim: int, count: int, seed: int, p
     save_grid(to_uint8(generator.eval()(z)), path)
 
 
-def evaluate(cfg: EvaluateConfig, train_dir: str | Path, data_dir: str | Path,
-             featurizer_path: str | Path, metrics_path: str | Path, grid_path: str | Path) -> dict[str, Any]:
-    """Score the train stage's ``cfg.generator`` (best or last) with torch-fidelity under the pinned protocol;
-    write metrics JSON and a grid."""
+@torch.no_grad()
+def nearest_neighbour_grid(generator: torch.nn.Module, z_dim: int, featurizer_path: str | Path,
+                           data_dir: str | Path, count: int, seed: int, path: str | Path, neighbours: int = 5) -> None:
+    """Save a grid whose rows are one generated image followed by its ``neighbours`` closest training images
+    by L2 distance in the domain feature space. Near-copies in a row mean the generator memorised data."""
+    net = load_featurizer(featurizer_path)
+    z = torch.randn(count, z_dim, generator=torch.Generator().manual_seed(seed + 1))  # (count, z_dim)
+    fakes = to_uint8(generator.eval()(z))  # (count, C, R, R)
+    train = load_split(data_dir, "train").images
+    train_features = torch.cat([net(torch.from_numpy(np.array(train[i:i + 1024])))[0]
+                                for i in range(0, len(train), 1024)])  # (N, F)
+    closest = torch.cdist(net(fakes)[0], train_features).topk(neighbours, largest=False).indices  # (count, k)
+    rows = [torch.cat([fakes[i:i + 1], torch.from_numpy(np.stack([train[j] for j in closest[i].tolist()]))])
+            for i in range(count)]  # each (1 + k, C, R, R), neighbours nearest first
+    save_grid(torch.cat(rows), path, nrow=neighbours + 1)
+
+
+def evaluate(cfg: EvaluateConfig, train_dir: str | Path, data_dir: str | Path, featurizer_path: str | Path,
+             metrics_path: str | Path, grid_path: str | Path, nearest_path: str | Path) -> dict[str, Any]:
+    """Score the train stage's ``cfg.generator`` (best or last) with torch-fidelity under the pinned protocol,
+    measure its speed, and write the metrics JSON, a sample grid and a nearest-neighbour grid."""
     generator, spec = load_generator(trained_generator_path(train_dir, cfg.generator))
     protocol = make_protocol(cfg, data_dir, featurizer_path)
     metrics: dict[str, Any] = score_generator(generator, spec.z_dim, protocol)
-    metrics["fid_real_floor"] = score_real_floor(data_dir, protocol)
-    metrics["protocol"] = protocol.describe()
+    metrics |= score_real_floor(data_dir, protocol)
+    at_batch = time_generators({"g": generator}, spec.z_dim, cfg.speed_batch, 3, cfg.speed_repeats, cfg.seed)["g"]
+    at_one = time_generators({"g": generator}, spec.z_dim, 1, 3, cfg.speed_repeats, cfg.seed)["g"]
+    metrics |= {"img_per_s": at_batch.img_per_s, "img_per_s_min": at_batch.img_per_s_min,
+                "img_per_s_max": at_batch.img_per_s_max, "latency_ms_batch1": at_one.ms_per_batch}
+    metrics["protocol"] = protocol.describe() | {"speed_batch": cfg.speed_batch, "speed_repeats": cfg.speed_repeats,
+                                                 "torch_threads": torch.get_num_threads()}
     write_json(metrics_path, metrics)
     sample_grid(generator, spec.z_dim, cfg.grid_size, cfg.seed, grid_path)
+    nearest_neighbour_grid(generator, spec.z_dim, featurizer_path, data_dir, cfg.nearest_count, cfg.seed,
+                           nearest_path)
     return metrics

@@ -157,11 +157,15 @@ def score_generator(generator: nn.Module, z_dim: int, protocol: Protocol) -> dic
     }
 
 
-def score_real_floor(data_dir: str | Path, protocol: Protocol) -> float:
-    """FID between the two real splits: roughly the best a generator can score with these sample counts."""
-    other = "test" if protocol.cfg.reference_split == "train" else "train"
+def score_real_floor(data_dir: str | Path, protocol: Protocol) -> dict[str, float]:
+    """FID and KID between the two real splits: roughly the best a generator can score with these sample
+    counts. KID subsets are capped at the smaller split's size (recorded as ``kid_real_floor_subset_size``)."""
+    other = ImageTensorDataset(load_split(data_dir, "test" if protocol.cfg.reference_split == "train" else "train"))
+    subset = min(protocol.cfg.kid_subset_size, len(other), len(protocol.reference))
     raw = torch_fidelity.calculate_metrics(
-        input1=ImageTensorDataset(load_split(data_dir, other)), input2=protocol.reference,
-        fid=True, **_common_kwargs(protocol),
+        input1=other, input2=protocol.reference, fid=True, kid=True, kid_subset_size=subset,
+        kid_subsets=protocol.cfg.kid_subsets, **_common_kwargs(protocol),
     )
-    return float(raw[torch_fidelity.KEY_METRIC_FID])
+    return {"fid_real_floor": float(raw[torch_fidelity.KEY_METRIC_FID]),
+            "kid_real_floor": float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
+            "kid_real_floor_subset_size": subset}
