@@ -231,6 +231,10 @@ class EvaluateConfig(StageConfig):
         speed_repeats: timed repeats of each speed measurement; the median is reported.
         nearest_count: generated images in the nearest-neighbour grid, each beside its closest training
             images in feature space (a memorisation check).
+        feature_extractor: ``domain`` (the featurizer stage's network; offline) or ``inception-v3-compat``
+            (torch-fidelity's Inception, comparable with the literature; its weights come from
+            ``inception_weights`` or torch's hub cache, downloaded when online).
+        inception_weights: a local copy of torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``.
     """
 
     SECTION: ClassVar[str] = "evaluate"
@@ -246,6 +250,8 @@ class EvaluateConfig(StageConfig):
     speed_batch: int = _param(256, ge=1, le=65536)
     speed_repeats: int = _param(10, ge=1)
     nearest_count: int = _param(8, ge=1, le=64)
+    feature_extractor: Literal["domain", "inception-v3-compat"] = "domain"
+    inception_weights: str | None = None
 
 
 @dataclass(frozen=True)
