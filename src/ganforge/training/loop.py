@@ -160,8 +160,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
         return {"fingerprint": fingerprint, "step": step, "cur_nimg": step * cfg.batch_size, "best": best,
                 "ranks": rank_states, **{name: part.state_dict() for name, part in shared.items()}}
 
-    def every(kimg: float) -> int:
-        return max(1, round(kimg * 1000 / cfg.batch_size)) if kimg else 0
+    def every(kimg: float) -> int:  # an interval in kimg as a whole number of steps
+        return max(1, round(kimg * 1000 / cfg.batch_size))
 
     def crossed(interval_kimg: float, nimg: int) -> bool:  # did this step pass a multiple of the interval?
         every_nimg = interval_kimg * 1000
