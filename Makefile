@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint clean bench-budget bench-data bench-train bench-quality
+.PHONY: install repro test lint clean bench-budget bench-data bench-train bench-quality bench-eval
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,7 @@ bench-train: $(VENV)/.installed-test
 ## Train seed and lite on CIFAR-10 (../shared/datasets) for 30 minutes each, side by side, and score both.
 bench-quality: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/time_to_quality.py
+
+## Measure the evaluate stage, the domain extractor's images/s and FID of 10k samples on cached CIFAR-10 statistics.
+bench-eval: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/evaluation_speed.py

@@ -31,7 +31,7 @@ ARCHS = ("seed", "lite")
 
 
 def _configs(arch: str, fid_interval_kimg: float, fid_samples: int) -> tuple:
-    from ganforge.config import EvaluateConfig, FeaturizerConfig, TrainConfig, config_from_dict
+    from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, TrainConfig, config_from_dict
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
 
@@ -41,7 +41,7 @@ def _configs(arch: str, fid_interval_kimg: float, fid_samples: int) -> tuple:
     # An endless budget: the time limit ends the run. Checkpoints are rare; they are not what is measured.
     train_cfg = load(TrainConfig, arch=arch, kimg=1e6, checkpoint_kimg=1e5, fid_interval_kimg=fid_interval_kimg,
                      fid_samples=fid_samples, snapshot_kimg=fid_interval_kimg, device="cpu")
-    return train_cfg, load(FeaturizerConfig), load(EvaluateConfig, generator="best")
+    return train_cfg, load(FeaturizerConfig), load(ReferenceConfig), load(EvaluateConfig, generator="best")
 
 
 def worker(arch: str, work: Path, minutes: float, fid_interval_kimg: float, fid_samples: int) -> None:
@@ -51,7 +51,7 @@ def worker(arch: str, work: Path, minutes: float, fid_interval_kimg: float, fid_
     from ganforge.training.loop import train
 
     torch.set_num_threads(1)
-    cfg, _, _ = _configs(arch, fid_interval_kimg, fid_samples)
+    cfg, *_ = _configs(arch, fid_interval_kimg, fid_samples)
     result = train(cfg, work / "prepared", work / arch / "train", work / arch / "live",
                    featurizer_path=work / "featurizer.safetensors", time_limit_s=minutes * 60)
     (work / arch / "result.json").write_text(json.dumps({"kimg": result.cur_nimg / 1000,
@@ -100,18 +100,22 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     from ganforge.evaluation.evaluate import evaluate
     from ganforge.evaluation.features import train_featurizer
+    from ganforge.evaluation.reference import compute_reference
 
     results: dict = {"machine": machine(), "minutes": args.minutes, "threads_per_run": 1,
                      "fid_interval_kimg": args.fid_interval_kimg, "fid_samples_inloop": args.fid_samples}
     if not (work / "prepared/manifest.json").is_file():  # a kept --work dir skips what it already holds
         print("preparing CIFAR-10 ...", flush=True)
         prepare_archive(args.archive, work)
-    _, featurizer_cfg, evaluate_cfg = _configs("seed", args.fid_interval_kimg, args.fid_samples)
+    _, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("seed", args.fid_interval_kimg, args.fid_samples)
     featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
     if not (work / "featurizer.safetensors").is_file():
         print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
         train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
     results["featurizer"] = json.loads((work / "featurizer.json").read_text())
+    if not (work / "reference/reference.json").is_file():
+        compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
+                          work / "reference-metrics.json")
 
     print(f"training {' and '.join(ARCHS)} side by side for {args.minutes} min each ...", flush=True)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -129,10 +133,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     results["wall_s_both"] = round(time.perf_counter() - start)
 
     for arch in ARCHS:
-        train_cfg, _, _ = _configs(arch, args.fid_interval_kimg, args.fid_samples)
+        train_cfg, *_ = _configs(arch, args.fid_interval_kimg, args.fid_samples)
         print(f"scoring {arch} ...", flush=True)
-        metrics = evaluate(evaluate_cfg, work / arch / "train", work / "prepared", work / "featurizer.safetensors",
-                           work / arch / "evaluate.json", work / arch / "samples.png")
+        metrics = evaluate(evaluate_cfg, reference_cfg, work / arch / "train", work / "prepared",
+                           work / "featurizer.safetensors", work / "reference", work / arch / "evaluate.json",
+                           work / arch / "samples.png", work / arch / "nearest.png")
         results[arch] = {
             "width": train_cfg.width,
             **json.loads((work / arch / "result.json").read_text()),

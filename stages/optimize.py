@@ -2,7 +2,7 @@
 
 import argparse
 
-from ganforge.config import EvaluateConfig, OptimizeConfig, load_stage_config
+from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
 from ganforge.optimization.optimize import optimize
 
@@ -11,16 +11,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--train-dir", required=True, help="the train stage's output directory")
-    parser.add_argument("--data", required=True, help="prepared-data directory (FID reference)")
     parser.add_argument("--featurizer", required=True, help="featurizer weights (.safetensors)")
+    parser.add_argument("--reference", required=True, help="the reference stage's statistics directory")
     parser.add_argument("--out", required=True, help="directory for the winner's weights and recipe")
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     parser.add_argument("--table", required=True, help="CSV table of variants to write")
     args = parser.parse_args()
     cfg = load_stage_config(OptimizeConfig, args.params)
     eval_cfg = load_stage_config(EvaluateConfig, args.params)  # the pinned FID protocol
-    metrics = optimize(cfg, eval_cfg, args.train_dir, args.data, args.featurizer, args.out, args.metrics,
-                       args.table)
+    reference_cfg = load_stage_config(ReferenceConfig, args.params)
+    metrics = optimize(cfg, eval_cfg, reference_cfg, args.train_dir, args.featurizer, args.reference, args.out,
+                       args.metrics, args.table)
     print(f"optimize: winner {metrics['winner']} at {metrics['winner_img_per_s']:.0f} img/s "
           f"({metrics['winner_speedup']:.2f}x fp32), FID {metrics['winner_fid']:.3f} "
           f"(budget {metrics['fid_budget']:.3f}) -> {args.out}")

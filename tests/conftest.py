@@ -15,6 +15,7 @@ from ganforge.config import (
     OptimizeConfig,
     PackageConfig,
     PrepareConfig,
+    ReferenceConfig,
     TrainConfig,
 )
 
@@ -59,6 +60,8 @@ class TinyRun:
     live_dir: Path
     featurizer: Path
     featurizer_metrics: Path
+    reference: Path
+    reference_metrics: Path
     evaluate_metrics: Path
     evaluate_grid: Path
     evaluate_nearest: Path
@@ -84,16 +87,18 @@ def tiny_configs() -> dict:
     configs = _configs(tiny_params())
     assert isinstance(configs["prepare"], PrepareConfig) and isinstance(configs["train"], TrainConfig)
     assert isinstance(configs["featurizer"], FeaturizerConfig) and isinstance(configs["evaluate"], EvaluateConfig)
+    assert isinstance(configs["reference"], ReferenceConfig)
     assert isinstance(configs["optimize"], OptimizeConfig) and isinstance(configs["package"], PackageConfig)
     return configs
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> TinyRun:
-    """Run prepare -> featurizer -> train -> evaluate -> optimize -> package once, on tiny params."""
+    """Run prepare -> featurizer -> reference -> train -> evaluate -> optimize -> package once, on tiny params."""
     from ganforge.data.prepare import prepare
     from ganforge.evaluation.evaluate import evaluate
     from ganforge.evaluation.features import train_featurizer
+    from ganforge.evaluation.reference import compute_reference
     from ganforge.optimization.optimize import optimize
     from ganforge.packaging.package import write_package
     from ganforge.training.loop import train
@@ -105,6 +110,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
         train_dir=root / "models/train", live_dir=root / "dvclive/train",
         featurizer=root / "models/featurizer/featurizer.safetensors",
         featurizer_metrics=root / "metrics/featurizer.json",
+        reference=root / "models/reference", reference_metrics=root / "metrics/reference.json",
         evaluate_metrics=root / "metrics/evaluate.json", evaluate_grid=root / "plots/evaluate/samples.png",
         evaluate_nearest=root / "plots/evaluate/nearest.png",
         optimized=root / "models/optimized", optimize_metrics=root / "metrics/optimize.json",
@@ -114,13 +120,22 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
     c = tiny_configs
     prepare(c["prepare"], run.prepared, run.prepare_grid)
     train_featurizer(c["featurizer"], run.prepared, run.featurizer, run.featurizer_metrics)
+    compute_reference(c["reference"], run.prepared, run.featurizer, run.reference, run.reference_metrics)
     train(c["train"], run.prepared, run.train_dir, run.live_dir, featurizer_path=run.featurizer)
-    evaluate(c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.evaluate_metrics, run.evaluate_grid,
-             run.evaluate_nearest)
-    optimize(c["optimize"], c["evaluate"], run.train_dir, run.prepared, run.featurizer, run.optimized,
-             run.optimize_metrics, run.optimize_table)
+    evaluate(c["evaluate"], c["reference"], run.train_dir, run.prepared, run.featurizer, run.reference,
+             run.evaluate_metrics, run.evaluate_grid, run.evaluate_nearest)
+    optimize(c["optimize"], c["evaluate"], c["reference"], run.train_dir, run.featurizer, run.reference,
+             run.optimized, run.optimize_metrics, run.optimize_table)
     write_package(c["package"], run.optimized, run.package, run.package_metrics)
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_protocol(tiny_run: TinyRun, tiny_configs: dict):
+    """The tiny run's scoring protocol (evaluate params against its reference statistics)."""
+    from ganforge.evaluation.protocol import make_protocol
+
+    return make_protocol(tiny_configs["evaluate"], tiny_configs["reference"], tiny_run.reference, tiny_run.featurizer)
 
 
 @pytest.fixture

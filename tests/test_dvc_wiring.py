@@ -82,7 +82,8 @@ def test_params_are_exactly_what_the_stage_reads(stage):
     loaded = [by_name[name] for name in _configs_loaded_by(REPO / "stages" / f"{stage}.py")]
     assert STAGE_CONFIGS[stage] in loaded
     reads = {key for cls in loaded for key in (cls.SECTION, *cls.TOP_LEVEL)}
-    assert set(PIPELINE[stage]["params"]) == reads
+    sections = {p for p in PIPELINE[stage]["params"] if isinstance(p, str)}  # the rest name other params files
+    assert sections == reads
 
 
 @pytest.mark.parametrize("stage", sorted(PIPELINE))

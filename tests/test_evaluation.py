@@ -13,7 +13,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ganforge.data.prepared import ImageTensorDataset, load_split
 from ganforge.evaluation.features import load_featurizer
-from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR, make_protocol, score_generator
+from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR
+from ganforge.evaluation.protocol import make_protocol, score_generator
 
 METRIC_KEYS = {"fid", "kid_mean", "kid_std", "isc_mean", "isc_std", "precision", "recall"}
 
@@ -52,11 +53,11 @@ def test_domain_extractor_is_registered_with_torch_fidelity():
     assert DOMAIN_EXTRACTOR in FEATURE_EXTRACTORS_REGISTRY
 
 
-def test_real_data_scores_better_than_noise(tiny_run, tiny_configs):
+def test_real_data_scores_better_than_noise(tiny_run, tiny_protocol):
     """FID separates a copy of the reference data from noise, so the metric can fail."""
-    protocol = make_protocol(tiny_configs["evaluate"], tiny_run.prepared, tiny_run.featurizer)
     same = torch_fidelity.calculate_metrics(
-        input1=ImageTensorDataset(load_split(tiny_run.prepared, "test")), input2=protocol.reference, fid=True,
+        input1=ImageTensorDataset(load_split(tiny_run.prepared, "test")),
+        input2=ImageTensorDataset(load_split(tiny_run.prepared, "train")), fid=True,
         feature_extractor=DOMAIN_EXTRACTOR, feature_extractor_weights_path=str(tiny_run.featurizer),
         cuda=False, verbose=False, cache=False, save_cpu_ram=True)["frechet_inception_distance"]
 
@@ -64,18 +65,17 @@ def test_real_data_scores_better_than_noise(tiny_run, tiny_configs):
         def forward(self, z):
             return torch.rand(z.shape[0], 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
-    noise = score_generator(Noise(), 8, protocol)["fid"]
+    noise = score_generator(Noise(), 8, tiny_protocol)["fid"]
     assert same < noise / 10
 
 
-def test_scoring_is_deterministic(tiny_run, tiny_configs):
+def test_scoring_is_deterministic(tiny_run, tiny_configs, tiny_protocol):
     from ganforge.models import load_generator
     from ganforge.models.registry import trained_generator_path
 
     scored = trained_generator_path(tiny_run.train_dir, tiny_configs["evaluate"].generator)  # best, by default
     generator, spec = load_generator(scored)
-    protocol = make_protocol(tiny_configs["evaluate"], tiny_run.prepared, tiny_run.featurizer)
-    first = score_generator(generator, spec.z_dim, protocol)
+    first = score_generator(generator, spec.z_dim, tiny_protocol)
     stored = json.loads(tiny_run.evaluate_metrics.read_text())
     assert first["fid"] == stored["fid"]
     assert np.isfinite(list(first.values())).all()
@@ -88,4 +88,4 @@ def test_kid_subset_larger_than_the_data_is_a_user_error(tiny_run, tiny_configs)
 
     cfg = dataclasses.replace(tiny_configs["evaluate"], kid_subset_size=10**6)
     with pytest.raises(UserError, match="evaluate.kid_subset_size"):
-        make_protocol(cfg, tiny_run.prepared, tiny_run.featurizer)
+        make_protocol(cfg, tiny_configs["reference"], tiny_run.reference, tiny_run.featurizer)

@@ -13,7 +13,8 @@ import torch_fidelity
 
 from ganforge.data.prepared import load_split
 from ganforge.evaluation.features import load_featurizer
-from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR, make_protocol, score_generator
+from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR
+from ganforge.evaluation.protocol import score_generator
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -95,13 +96,12 @@ def test_fid_grows_monotonically_with_degradation(tiny_run, splits, kind):
     assert all(a < b for a, b in zip(fids, fids[1:], strict=False)), fids
 
 
-def test_a_trained_generator_scores_far_better_than_an_untrained_one(tiny_run, tiny_configs):
+def test_a_trained_generator_scores_far_better_than_an_untrained_one(tiny_run, tiny_protocol):
     from ganforge.models import build_generator, load_generator
     from ganforge.models.registry import trained_generator_path
 
-    protocol = make_protocol(tiny_configs["evaluate"], tiny_run.prepared, tiny_run.featurizer)
     trained, spec = load_generator(trained_generator_path(tiny_run.train_dir, "best"))
     torch.manual_seed(0)
     untrained = build_generator(spec).eval()
-    trained_fid = score_generator(trained, spec.z_dim, protocol)["fid"]
-    assert trained_fid * 2 < score_generator(untrained, spec.z_dim, protocol)["fid"]
+    trained_fid = score_generator(trained, spec.z_dim, tiny_protocol)["fid"]
+    assert trained_fid * 2 < score_generator(untrained, spec.z_dim, tiny_protocol)["fid"]

@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from ganforge.config import EvaluateConfig, PrepareConfig
+from ganforge.config import EvaluateConfig, PrepareConfig, ReferenceConfig
 from ganforge.errors import UserError
-from ganforge.evaluation.fidelity import inception_weights, make_protocol, score_generator
+from ganforge.evaluation.fidelity import inception_weights
+from ganforge.evaluation.protocol import make_protocol, score_generator
+from ganforge.evaluation.reference import compute_reference
 from ganforge.models import GeneratorSpec, build_generator
 
 
@@ -34,9 +36,14 @@ def test_inception_scores_a_grey_generator_from_a_local_weights_file(tmp_path, s
     from ganforge.data.prepare import prepare
 
     prepare(PrepareConfig(resolution=16, max_images=40), tmp_path / "prepared", tmp_path / "grid.png")
-    cfg = EvaluateConfig(num_samples=12, batch_size=12, kid_subset_size=6, kid_subsets=2,
-                         feature_extractor="inception-v3-compat", inception_weights=stand_in_weights)
-    protocol = make_protocol(cfg, tmp_path / "prepared", tmp_path / "no-featurizer-needed.safetensors")
+    reference = ReferenceConfig(feature_extractor="inception-v3-compat", inception_weights=stand_in_weights,
+                                batch_size=12)
+    no_featurizer = tmp_path / "no-featurizer-needed.safetensors"
+    real = compute_reference(reference, tmp_path / "prepared", no_featurizer, tmp_path / "reference",
+                             tmp_path / "reference.json")
+    assert real["train"]["count"] + real["test"]["count"] == 40 and math.isfinite(real["train"]["isc_mean"])
+    cfg = EvaluateConfig(num_samples=12, batch_size=12, kid_subset_size=6, kid_subsets=2)
+    protocol = make_protocol(cfg, reference, tmp_path / "reference", no_featurizer)
     generator = build_generator(GeneratorSpec("seed", 8, 16, 1)).eval()
     metrics = score_generator(generator, 8, protocol)
     assert all(math.isfinite(v) for v in metrics.values()) and metrics["fid"] > 0
@@ -50,10 +57,10 @@ def test_offline_without_weights_is_a_one_line_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    with pytest.raises(UserError, match="could not be downloaded .* set evaluate.inception_weights to the file"):
-        inception_weights(EvaluateConfig(feature_extractor="inception-v3-compat"))
-    with pytest.raises(UserError, match="evaluate.inception_weights: .*missing.pth not found"):
-        inception_weights(EvaluateConfig(inception_weights=str(tmp_path / "missing.pth")))
+    with pytest.raises(UserError, match="could not be downloaded .* set reference.inception_weights to the file"):
+        inception_weights(ReferenceConfig(feature_extractor="inception-v3-compat"))
+    with pytest.raises(UserError, match="reference.inception_weights: .*missing.pth not found"):
+        inception_weights(ReferenceConfig(inception_weights=str(tmp_path / "missing.pth")))
 
 
 class _Payload:
@@ -63,6 +70,6 @@ class _Payload:
 def test_a_weights_file_carrying_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": _Payload()}, path)
-    cfg = dataclasses.replace(EvaluateConfig(), feature_extractor="inception-v3-compat", inception_weights=str(path))
+    cfg = dataclasses.replace(ReferenceConfig(), feature_extractor="inception-v3-compat", inception_weights=str(path))
     with pytest.raises(UserError, match="is not a plain state dict"):
         inception_weights(cfg)

@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import REPO, tiny_params
 
-STAGES = ("prepare", "train", "featurizer", "evaluate", "optimize", "package")
+STAGES = ("prepare", "train", "featurizer", "reference", "evaluate", "optimize", "package")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -66,7 +66,8 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
 @pytest.mark.parametrize(
     ("edited", "affected"),
     [("src/ganforge/packaging/onnx.py", {"package"}), ("src/ganforge/data/decode.py", {"prepare"}),
-     ("src/ganforge/training/losses.py", {"train"})],
+     ("src/ganforge/training/losses.py", {"train"}),
+     ("src/ganforge/evaluation/reference.py", {"reference", "evaluate", "optimize"})],
 )
 def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected):
     root, _ = repo
@@ -76,6 +77,19 @@ def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected)
     try:
         status = _dvc(repo, "status")
         assert {stage for stage in STAGES if f"{stage}:" in status} == affected
+    finally:
+        target.write_text(original)
+
+
+def test_a_new_torch_fidelity_pin_reruns_the_reference_statistics(repo):
+    root, _ = repo
+    target = root / "pyproject.toml"
+    original = target.read_text()
+    assert '"torch-fidelity==' in original
+    target.write_text(original.replace('"torch-fidelity==', '"torch-fidelity>=0.1,=='))
+    try:
+        status = _dvc(repo, "status")
+        assert {stage for stage in STAGES if f"{stage}:" in status} == {"reference"}
     finally:
         target.write_text(original)
 
@@ -105,5 +119,7 @@ def test_experiment_with_a_new_lr_changes_the_metrics(repo):
     assert yaml.safe_load((root / "params.yaml").read_text())["lr"] == 0.0004
     after = json.loads((root / "metrics/evaluate.json").read_text())
     assert after["fid"] != before["fid"]
-    diff = json.loads(_dvc(repo, "metrics", "diff", "--json"))
-    assert "metrics/evaluate.json" in diff and "fid" in diff["metrics/evaluate.json"]
+    diff = json.loads(_dvc(repo, "metrics", "diff", "--all", "--json"))
+    # quality and speed side by side, old and new value of each
+    assert diff["metrics/evaluate.json"].keys() >= {"fid", "kid_mean", "precision", "recall", "img_per_s"}
+    assert diff["metrics/evaluate.json"]["fid"]["new"] == after["fid"]

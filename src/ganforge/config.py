@@ -214,15 +214,41 @@ class FeaturizerConfig(StageConfig):
 
 
 @dataclass(frozen=True)
+class ReferenceConfig(StageConfig):
+    """Params of the reference stage: which real images, seen through which feature extractor, every
+    generator is compared with. Evaluate, optimize and package all score against these statistics.
+
+    Args:
+        seed: seed of the subset drawn when ``max_samples`` caps a split.
+        feature_extractor: ``domain`` (the featurizer stage's network; offline) or ``inception-v3-compat``
+            (torch-fidelity's Inception, comparable with the literature; its weights come from
+            ``inception_weights`` or torch's hub cache, downloaded when online).
+        inception_weights: a local copy of torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``.
+        split: prepared split generated images are compared with; the other split gives the real-vs-real
+            floor.
+        max_samples: at most this many images per split (a seeded subset); null = the whole split.
+        batch_size: images per feature-extractor batch.
+    """
+
+    SECTION: ClassVar[str] = "reference"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
+    seed: int = 0
+    feature_extractor: Literal["domain", "inception-v3-compat"] = "domain"
+    inception_weights: str | None = None
+    split: Literal["train", "test"] = "train"
+    max_samples: int | None = _param(None, ge=2)
+    batch_size: int = _param(250, ge=1, le=65536)
+
+
+@dataclass(frozen=True)
 class EvaluateConfig(StageConfig):
     """Params of the evaluate stage; together they pin the metric protocol that optimize reuses.
 
     Args:
         seed: seed of the generated latents (torch-fidelity's ``rng_seed``).
         num_samples: generated images scored against the reference split.
-        reference_split: prepared split the generated images are compared with.
         batch_size: images per generator/feature-extractor batch.
-        kid_subset_size: KID subset size; at most ``num_samples`` and the reference split's size.
+        kid_subset_size: KID subset size; at most ``num_samples`` and the reference statistics' image count.
         kid_subsets: number of KID subsets.
         grid_size: images in the sample grid.
         generator: which of the train stage's generators is scored (and optimized): ``best`` (lowest in-loop
@@ -231,17 +257,12 @@ class EvaluateConfig(StageConfig):
         speed_repeats: timed repeats of each speed measurement; the median is reported.
         nearest_count: generated images in the nearest-neighbour grid, each beside its closest training
             images in feature space (a memorisation check).
-        feature_extractor: ``domain`` (the featurizer stage's network; offline) or ``inception-v3-compat``
-            (torch-fidelity's Inception, comparable with the literature; its weights come from
-            ``inception_weights`` or torch's hub cache, downloaded when online).
-        inception_weights: a local copy of torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``.
     """
 
     SECTION: ClassVar[str] = "evaluate"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
     num_samples: int = _param(2000, ge=2)
-    reference_split: Literal["train", "test"] = "train"
     batch_size: int = _param(250, ge=1, le=65536)
     kid_subset_size: int = _param(1000, ge=2)
     kid_subsets: int = _param(100, ge=1)
@@ -250,8 +271,6 @@ class EvaluateConfig(StageConfig):
     speed_batch: int = _param(256, ge=1, le=65536)
     speed_repeats: int = _param(10, ge=1)
     nearest_count: int = _param(8, ge=1, le=64)
-    feature_extractor: Literal["domain", "inception-v3-compat"] = "domain"
-    inception_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -308,7 +327,8 @@ class PackageConfig(StageConfig):
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     cls.SECTION: cls
-    for cls in (PrepareConfig, TrainConfig, FeaturizerConfig, EvaluateConfig, OptimizeConfig, PackageConfig)
+    for cls in (PrepareConfig, TrainConfig, FeaturizerConfig, ReferenceConfig, EvaluateConfig, OptimizeConfig,
+                PackageConfig)
 }
 
 

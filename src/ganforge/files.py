@@ -24,6 +24,11 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def usual_permissions(path: str | Path) -> None:
+    """Give a file the permissions a plain ``open`` would (temp-file writers such as mkstemp leave 0600)."""
+    os.chmod(path, 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it into place, on failure delete it."""
@@ -34,7 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp (and some writers) leave 0600; use the usual permissions
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

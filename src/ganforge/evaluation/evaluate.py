@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ganforge.config import EvaluateConfig
+from ganforge.config import EvaluateConfig, ReferenceConfig
 from ganforge.data.prepared import load_split
 from ganforge.evaluation.features import load_featurizer
-from ganforge.evaluation.fidelity import make_protocol, score_generator, score_real_floor
+from ganforge.evaluation.protocol import make_protocol, score_generator, score_real_floor
 from ganforge.files import write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.models import load_generator
@@ -44,14 +44,16 @@ def nearest_neighbour_grid(generator: torch.nn.Module, z_dim: int, featurizer_pa
     save_grid(torch.cat(rows), path, nrow=neighbours + 1)
 
 
-def evaluate(cfg: EvaluateConfig, train_dir: str | Path, data_dir: str | Path, featurizer_path: str | Path,
-             metrics_path: str | Path, grid_path: str | Path, nearest_path: str | Path) -> dict[str, Any]:
-    """Score the train stage's ``cfg.generator`` (best or last) with torch-fidelity under the pinned protocol,
-    measure its speed, and write the metrics JSON, a sample grid and a nearest-neighbour grid."""
+def evaluate(cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str | Path, data_dir: str | Path,
+             featurizer_path: str | Path, reference_dir: str | Path, metrics_path: str | Path, grid_path: str | Path,
+             nearest_path: str | Path) -> dict[str, Any]:
+    """Score the train stage's ``cfg.generator`` (best or last) with torch-fidelity against the reference
+    stage's statistics, measure its speed, and write the metrics JSON, a sample grid and a nearest-neighbour
+    grid (in the domain feature space, whichever extractor scores)."""
     generator, spec = load_generator(trained_generator_path(train_dir, cfg.generator))
-    protocol = make_protocol(cfg, data_dir, featurizer_path)
+    protocol = make_protocol(cfg, reference_cfg, reference_dir, featurizer_path)
     metrics: dict[str, Any] = score_generator(generator, spec.z_dim, protocol)
-    metrics |= score_real_floor(data_dir, protocol)
+    metrics |= score_real_floor(protocol)
     at_batch = time_generators({"g": generator}, spec.z_dim, cfg.speed_batch, 3, cfg.speed_repeats, cfg.seed)["g"]
     at_one = time_generators({"g": generator}, spec.z_dim, 1, 3, cfg.speed_repeats, cfg.seed)["g"]
     metrics |= {"img_per_s": at_batch.img_per_s, "img_per_s_min": at_batch.img_per_s_min,

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ganforge.config import EvaluateConfig, OptimizeConfig
-from ganforge.evaluation.fidelity import make_protocol, score_generator
+from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig
+from ganforge.evaluation.protocol import make_protocol, score_generator
 from ganforge.files import atomic_dir, atomic_path, write_json
 from ganforge.models import load_generator, save_generator
 from ganforge.models.registry import trained_generator_path
@@ -22,8 +22,8 @@ from ganforge.optimization.variants import Recipe, build_variant, float_layers, 
 BASELINE = "fp32"
 
 
-def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, train_dir: str | Path, data_dir: str | Path,
-             featurizer_path: str | Path, out_dir: str | Path, metrics_path: str | Path,
+def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str | Path,
+             featurizer_path: str | Path, reference_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
              table_path: str | Path) -> dict[str, Any]:
     """Measure every variant in ``cfg.variants`` (plus the fp32 baseline) and write the winner to ``out_dir``.
 
@@ -31,7 +31,7 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, train_dir: str | Pat
     images/s, latency, size and FID, and the CSV table holds one row per variant for ``dvc plots``.
     """
     generator, spec = load_generator(trained_generator_path(train_dir, eval_cfg.generator))
-    protocol = make_protocol(eval_cfg, data_dir, featurizer_path)
+    protocol = make_protocol(eval_cfg, reference_cfg, reference_dir, featurizer_path)
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
 

@@ -1,0 +1,188 @@
+"""Measure evaluation speed: the evaluate stage on the default pipeline outputs, the domain extractor's
+images/s at 32x32, and FID of 10,000 generated images against cached CIFAR-10 train statistics.
+
+    python benchmarks/evaluation_speed.py [--archive ../shared/datasets/cifar10-jpeg.tar.gz]
+
+The evaluate and reference stages are timed as subprocesses of their stage scripts on this checkout's
+pipeline outputs (run `dvc repro` first), writing to a temp dir. With the CIFAR-10 JPEG archive, it is
+prepared at 32x32, a featurizer is trained on it briefly (speed does not depend on how well), the reference
+stage caches the train and test statistics, and a ``seed`` generator's 10,000 samples are scored against
+them. Results go to bench/evaluation_speed.json and the generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from data_path import prepare_archive
+from measure import REPO, machine, machine_line, timed, write_doc_section
+
+RESULTS = REPO / "bench/evaluation_speed.json"
+DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
+TARGETS = {"evaluate_stage_s": 60.0, "extractor_img_per_s": 2000.0, "cifar_fid_10k_s": 60.0}
+
+
+def stage_times(work: Path) -> dict:
+    """Wall time and peak memory of the reference and evaluate stage scripts on the pipeline's outputs."""
+    needed = [REPO / p for p in ("data/prepared/manifest.json", "models/featurizer/featurizer.safetensors",
+                                 "models/train")]
+    if not all(p.exists() for p in needed):
+        sys.exit("pipeline outputs missing: run `dvc repro` first")
+    common = ["--featurizer", str(REPO / "models/featurizer/featurizer.safetensors")]
+    reference = timed([sys.executable, str(REPO / "stages/reference.py"), "--data", str(REPO / "data/prepared"),
+                       *common, "--out", str(work / "reference"), "--metrics", str(work / "reference.json")], REPO)
+    evaluate = timed([sys.executable, str(REPO / "stages/evaluate.py"), "--train-dir", str(REPO / "models/train"),
+                      "--data", str(REPO / "data/prepared"), *common, "--reference", str(work / "reference"),
+                      "--metrics", str(work / "evaluate.json"), "--grid", str(work / "samples.png"),
+                      "--nearest", str(work / "nearest.png")], REPO)
+    return {"reference_stage": reference, "evaluate_stage": evaluate}
+
+
+def extractor_rate(net: torch.nn.Module, channels: int, batch: int = 250, repeats: int = 15) -> dict:
+    """Images/s of the domain network alone on uint8 (batch, channels, 32, 32): median of ``repeats``."""
+    images = torch.randint(0, 256, (batch, channels, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    rates = []
+    with torch.inference_mode():
+        for _ in range(3):
+            net(images)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            net(images)
+            rates.append(batch / (time.perf_counter() - start))
+    return {"img_per_s": round(statistics.median(rates)), "img_per_s_min": round(min(rates)),
+            "img_per_s_max": round(max(rates)), "batch": batch, "shape": [channels, 32, 32]}
+
+
+def cifar(archive: Path, work: Path, featurizer_epochs: int, samples: int) -> dict:
+    """Prepare CIFAR-10, train a featurizer briefly, cache the reference statistics, time FID of ``samples``."""
+    import torch_fidelity
+    from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleWrapper
+
+    from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, config_from_dict
+    from ganforge.evaluation.features import load_featurizer, train_featurizer
+    from ganforge.evaluation.fidelity import UInt8Generator
+    from ganforge.evaluation.protocol import make_protocol, score_generator
+    from ganforge.evaluation.reference import compute_reference
+    from ganforge.models import GeneratorSpec, build_generator
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def load(cls, **overrides):
+        return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION] | overrides)
+
+    out: dict = {}
+    print("preparing CIFAR-10 ...", flush=True)
+    out["prepare"] = prepare_archive(archive, work)
+    print(f"training the featurizer ({featurizer_epochs} epochs) ...", flush=True)
+    featurizer = work / "featurizer.safetensors"
+    start = time.perf_counter()
+    trained = train_featurizer(load(FeaturizerConfig, epochs=featurizer_epochs), work / "prepared", featurizer,
+                               work / "featurizer.json")
+    out["featurizer"] = {"epochs": featurizer_epochs, "test_accuracy": trained["test_accuracy"],
+                         "wall_s": round(time.perf_counter() - start, 1)}
+    out["extractor_trained"] = extractor_rate(load_featurizer(featurizer), 3)
+
+    print("caching the reference statistics ...", flush=True)
+    reference_cfg = load(ReferenceConfig)
+    start = time.perf_counter()
+    real = compute_reference(reference_cfg, work / "prepared", featurizer, work / "reference",
+                             work / "reference-metrics.json")
+    out["reference"] = {"wall_s": round(time.perf_counter() - start, 1), "train_count": real["train"]["count"],
+                        "test_count": real["test"]["count"],
+                        "train_extract_img_per_s": round(real["train"]["extract_img_per_s"])}
+
+    cfg = dataclasses.replace(load(EvaluateConfig), num_samples=samples)
+    protocol = make_protocol(cfg, reference_cfg, work / "reference", featurizer)
+    torch.manual_seed(0)
+    generator = build_generator(GeneratorSpec("seed", 100, 32, 3)).eval()  # timing does not depend on training
+    name = protocol.reference.cache_name(protocol.reference.split)
+    print(f"FID of {samples} generated images against the cached train statistics ...", flush=True)
+    start = time.perf_counter()
+    fid = torch_fidelity.calculate_metrics(
+        input1=GenerativeModelModuleWrapper(UInt8Generator(generator), 100, "normal", 0),
+        input1_model_num_samples=samples, input2=name, input2_cache_name=name, fid=True,
+        **protocol.reference.fidelity_kwargs(cfg.batch_size, cfg.seed))[torch_fidelity.KEY_METRIC_FID]
+    out["fid_10k"] = {"wall_s": round(time.perf_counter() - start, 1), "samples": samples,
+                      "reference_count": protocol.reference.counts["train"], "fid_untrained": round(fid, 2)}
+    print(f"the full protocol (FID, KID, IS, precision/recall) on {samples} samples ...", flush=True)
+    start = time.perf_counter()
+    score_generator(generator, 100, protocol)
+    out["full_protocol_10k"] = {"wall_s": round(time.perf_counter() - start, 1), "samples": samples}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--featurizer-epochs", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=10_000)
+    args = parser.parse_args()
+    from ganforge.evaluation.features import DomainFeatureNet
+
+    results: dict = {"machine": machine(), "targets": TARGETS}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        print("timing the reference and evaluate stages ...", flush=True)
+        results |= stage_times(work)
+        torch.manual_seed(0)
+        results["extractor"] = extractor_rate(DomainFeatureNet(3, 10).eval(), 3)
+        if args.archive.is_file():
+            (work / "cifar").mkdir()
+            results["cifar10"] = cifar(args.archive, work / "cifar", args.featurizer_epochs, args.samples)
+        else:
+            print(f"{args.archive} not found: skipping the CIFAR-10 FID timing", flush=True)
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    render(results)
+    print(json.dumps(results, indent=2))
+
+
+def _verdict(value: float, target: float, at_most: bool) -> str:
+    return "met" if (value <= target if at_most else value >= target) else "**missed**"
+
+
+def render(results: dict) -> None:
+    t = results["targets"]
+    evaluate_s, peak = results["evaluate_stage"]["wall_s"], results["evaluate_stage"]["peak_rss_mib"]
+    rate = results["extractor"]["img_per_s"]
+    lines = [machine_line(results["machine"]), "",
+             "| measurement | value | target | |", "|---|---|---|---|",
+             f"| evaluate stage on the default data (process wall time, peak {peak} MiB) | {evaluate_s:.1f} s | "
+             f"≤ {t['evaluate_stage_s']:.0f} s | "
+             f"{_verdict(evaluate_s, t['evaluate_stage_s'], True)} |",
+             f"| reference stage on the default data | {results['reference_stage']['wall_s']:.1f} s | | |",
+             f"| domain extractor, 3×32×32, batch {results['extractor']['batch']} (median; min–max "
+             f"{results['extractor']['img_per_s_min']}–{results['extractor']['img_per_s_max']}) | {rate} img/s | "
+             f"≥ {t['extractor_img_per_s']:.0f} img/s | {_verdict(rate, t['extractor_img_per_s'], False)} |"]
+    c = results.get("cifar10")
+    if c:
+        fid_s = c["fid_10k"]["wall_s"]
+        lines += [
+            f"| FID of {c['fid_10k']['samples']:,} generated images against cached CIFAR-10 train statistics "
+            f"({c['fid_10k']['reference_count']:,} images; generation + features + FID) | {fid_s:.1f} s | "
+            f"≤ {t['cifar_fid_10k_s']:.0f} s | {_verdict(fid_s, t['cifar_fid_10k_s'], True)} |",
+            f"| the full protocol (FID, KID, IS, precision/recall) on the same {c['full_protocol_10k']['samples']:,}"
+            f" samples | {c['full_protocol_10k']['wall_s']:.1f} s | | |",
+            f"| reference stage on CIFAR-10 ({c['reference']['train_count']:,} train + "
+            f"{c['reference']['test_count']:,} test images, once per featurizer) | {c['reference']['wall_s']:.1f} s"
+            f" | | |",
+            f"| domain extractor trained on CIFAR-10 ({c['featurizer']['epochs']} epochs, test accuracy "
+            f"{c['featurizer']['test_accuracy']:.3f}), 3×32×32 | {c['extractor_trained']['img_per_s']} img/s | | |",
+        ]
+    else:
+        lines += ["", "The CIFAR-10 archive was not present, so the CIFAR-10 FID timing was not measured."]
+    write_doc_section("evaluation-speed", lines)
+
+
+if __name__ == "__main__":
+    main()
