@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint clean bench-budget bench-data bench-train bench-quality bench-eval
+.PHONY: install repro test lint clean bench-budget bench-data bench-train bench-quality bench-eval bench-optimize
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,7 @@ bench-quality: $(VENV)/.installed-test
 ## Measure the evaluate stage, the domain extractor's images/s and FID of 10k samples on cached CIFAR-10 statistics.
 bench-eval: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/evaluation_speed.py
+
+## Measure every optimize variant side by side (incl. torch.compile) against the speed and GEMM-ceiling targets.
+bench-optimize: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/optimize_speed.py

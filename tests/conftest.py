@@ -29,7 +29,9 @@ TINY = {
     "featurizer": {"epochs": 5},
     "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16,
                  "speed_batch": 64, "speed_repeats": 3, "nearest_count": 4},
-    "optimize": {"batch": 16, "warmup": 1, "repeats": 3, "calibration_batches": 2},
+    "optimize": {"variants": ["fp32", "fused", "int8", "bf16", "onnxruntime", "pruned+fused"], "batch": 16,
+                 "speed_batches": [1, 16, 32], "warmup": 1, "repeats": 3, "calibration_batches": 2,
+                 "finetune_kimg": 2, "finetune_batch": 32},
     "package": {"parity_batch": 4, "grid_size": 16},
 }
 
@@ -114,7 +116,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
         evaluate_metrics=root / "metrics/evaluate.json", evaluate_grid=root / "plots/evaluate/samples.png",
         evaluate_nearest=root / "plots/evaluate/nearest.png",
         optimized=root / "models/optimized", optimize_metrics=root / "metrics/optimize.json",
-        optimize_table=root / "plots/optimize/variants.csv",
+        optimize_table=root / "plots/optimize.csv",
         package=root / "dist/generator", package_metrics=root / "metrics/package.json",
     )
     c = tiny_configs

@@ -8,10 +8,20 @@ import json
 import pytest
 import torch
 
-from ganforge.models import load_generator
-from ganforge.optimization.benchmark import serialized_bytes
+from ganforge.errors import UserError
+from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
+from ganforge.optimization.benchmark import flops_per_image, gemm_gflops, peak_tensor_mib, serialized_bytes
+from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
-from ganforge.optimization.variants import Recipe, batchnorm_fold_pairs, build_variant, fold_batchnorm
+from ganforge.optimization.variants import (
+    OnnxRuntimeGenerator,
+    Recipe,
+    batchnorm_fold_pairs,
+    build_variant,
+    fold_batchnorm,
+    reduced_precision_support,
+    variant_steps,
+)
 
 
 def _generator(tiny_run):
@@ -52,20 +62,100 @@ def test_selection_picks_fastest_within_budget():
 
 
 def test_optimize_outputs(tiny_run, tiny_configs):
+    cfg = tiny_configs["optimize"]
     metrics = json.loads(tiny_run.optimize_metrics.read_text())
-    assert set(metrics["variants"]) == {"fp32", "fused", "int8"}
+    measured = set(metrics["variants"]) | set(metrics.get("skipped", {}))
+    assert measured == set(cfg.variants)
     for row in metrics["variants"].values():
-        assert row["img_per_s"] > 0 and row["fid"] > 0
+        assert row["img_per_s"] > 0 and row["fid"] > 0 and row["macs"] > 0 and row["peak_mem_mib"] >= 0
         assert row["img_per_s_min"] <= row["img_per_s"] <= row["img_per_s_max"]
-    fused = metrics["variants"]["fused"]
-    assert fused["speedup"] == pytest.approx(fused["img_per_s"] / metrics["variants"]["fp32"]["img_per_s"])
-    assert metrics["winner_fid"] <= metrics["fid_budget"]
-    assert metrics["threads"] >= 1
+        assert all(row[f"img_per_s_batch{b}"] > 0 for b in cfg.speed_batches)
+        assert row["ceiling_fraction"] == pytest.approx(row["gflops"] / metrics["gemm_gflops"])
+    variants = metrics["variants"]
+    fused = variants["fused"]
+    assert fused["speedup"] == pytest.approx(fused["img_per_s"] / variants["fp32"]["img_per_s"])
+    assert variants["pruned+fused"]["macs"] < variants["fp32"]["macs"] / 2  # channels really removed
+    assert variants["pruned+fused"]["params"] < variants["fp32"]["params"] / 2
+    assert metrics["distillation"]["teacher_l1_after"] < metrics["distillation"]["teacher_l1_before"]
+    assert metrics["winner_fid"] <= metrics["fid_budget"] and metrics["baseline_img_per_s"] == variants["fp32"][
+        "img_per_s"]
+    assert metrics["macs_ratio"] == pytest.approx(variants[metrics["winner"]]["macs"] / variants["fp32"]["macs"])
+    assert metrics["threads"] >= 1 and metrics["gemm_gflops"] > 0
     with open(tiny_run.optimize_table) as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == ["fp32", "fused", "int8"]
+    assert [r["variant"] for r in rows] == list(variants)
     recipe = json.loads((tiny_run.optimized / "recipe.json").read_text())
     assert recipe["variant"] == metrics["winner"]
+
+
+@pytest.mark.parametrize("name, steps", [("fp32", ()), ("fused", ("fused",)), ("pruned+bf16+compiled",
+                                          ("pruned", "bf16", "compiled")), ("pruned+onnxruntime",
+                                          ("pruned", "onnxruntime"))])
+def test_variant_names_parse_into_steps(name, steps):
+    assert variant_steps(name) == steps
+
+
+@pytest.mark.parametrize("name, message", [
+    ("fast", "unknown step 'fast'"), ("fused+pruned", "at most one step of each kind, in the order"),
+    ("fused+int8", "at most one step of each kind"), ("int8+onnxruntime", "the ONNX export is of the float model"),
+    ("int8+compiled", "torch.compile does not take"),
+])
+def test_bad_variant_names_are_one_line_errors(name, message):
+    with pytest.raises(UserError, match=f"optimize.variants: .*{message}"):
+        variant_steps(name, "optimize.variants")
+
+
+def test_flop_count_matches_the_seed_generator_by_hand():
+    spec = GeneratorSpec("seed", 100, 32, 1)
+    linear = 100 * 256 + 256 * 512 + 512 * 1024
+    transposed = 4 * 4 * 64 * 32 * 16 + 8 * 8 * 32 * 16 * 16 + 16 * 16 * 16 * 1 * 16  # input pixels x Cin x Cout x k^2
+    assert flops_per_image(build_generator(spec).eval(), 100) == 2 * (linear + transposed)
+    assert gemm_gflops(size=256, repeats=3) > 0
+
+
+@pytest.mark.parametrize("arch, width", [("seed", 1.0), ("dcgan", 0.25), ("lite", 1.0)])
+@pytest.mark.parametrize("ratio", [0.3, 0.7])
+def test_pruning_removes_channels_and_reloads_from_safetensors(tmp_path, arch, width, ratio):
+    spec = GeneratorSpec(arch, 16, 32, 3, width)
+    torch.manual_seed(0)
+    generator = build_generator(spec).eval()
+    pruned = prune_generator(generator, spec.z_dim, ratio, "l1")
+    z = torch.randn(4, spec.z_dim)
+    assert pruned(z).shape == generator(z).shape
+    assert flops_per_image(pruned, spec.z_dim) < flops_per_image(generator, spec.z_dim) * (1 - ratio / 2)
+    save_generator(pruned, GeneratorSpec(arch, 16, 32, 3, width, pruned=True), tmp_path / "g.safetensors")
+    reloaded, reloaded_spec = load_generator(tmp_path / "g.safetensors")
+    assert reloaded_spec.pruned and torch.equal(reloaded(z), pruned(z))
+
+
+def test_bn_scale_pruning_and_distillation_move_the_student_toward_the_teacher(tiny_run):
+    import types
+
+    from ganforge.optimization.pruning import trained_discriminator
+
+    teacher, spec = _generator(tiny_run)
+    student = prune_generator(teacher, spec.z_dim, 0.5, "bn-scale")
+    settings = types.SimpleNamespace(finetune_kimg=1, finetune_lr=2e-3, finetune_batch=32, adversarial_weight=0.01)
+    result = distill(student, teacher, trained_discriminator(tiny_run.train_dir, spec), spec.z_dim, settings, seed=0)
+    assert result["teacher_l1_after"] < result["teacher_l1_before"]
+
+
+def test_runtime_and_precision_variants_compute_the_same_images(tiny_run):
+    generator, spec = _generator(tiny_run)
+    z = torch.randn(8, spec.z_dim)
+    reference = generator(z)
+    ort = build_variant(Recipe("fused+onnxruntime"), generator, spec.z_dim)
+    assert isinstance(ort, OnnxRuntimeGenerator) and torch.allclose(ort(z), reference, atol=1e-4)
+    compiled = build_variant(Recipe("compiled"), generator, spec.z_dim)
+    with torch.inference_mode():
+        assert torch.allclose(compiled(z), reference, atol=1e-4)
+    assert build_variant(Recipe("compiled"), generator, spec.z_dim, runtime=False).__class__ is type(generator)
+    if reduced_precision_support("bf16") is None:
+        bf16 = build_variant(Recipe("bf16"), generator, spec.z_dim)
+        assert bf16(z).dtype == torch.float32 and (bf16(z) - reference).abs().mean() < 0.05
+    else:
+        assert "this CPU has none of" in reduced_precision_support("bf16")
+    assert peak_tensor_mib(generator, spec.z_dim, 64) > 0
 
 
 @pytest.mark.parametrize("arch, width", [("dcgan", 0.25), ("lite", 1.0)])

@@ -94,3 +94,26 @@ def test_latents_do_not_depend_on_chunking():
     whole = latents(1, 0, 600, 4)
     assert torch.equal(torch.cat([latents(1, 0, 250, 4), latents(1, 250, 350, 4)]), whole)
     assert not torch.equal(latents(2, 0, 5, 4), whole[:5])
+
+
+def test_a_pruned_winner_packages_and_loads_with_its_smaller_shapes(tiny_run, tiny_configs, tmp_path):
+    import dataclasses
+
+    from ganforge.files import write_json
+    from ganforge.models import load_generator, save_generator
+    from ganforge.optimization.pruning import prune_generator
+    from ganforge.packaging.package import write_package
+
+    generator, spec = load_generator(tiny_run.train_dir / "generator.safetensors")
+    pruned = prune_generator(generator, spec.z_dim, 0.5, "l1")
+    optimized = tmp_path / "optimized"
+    optimized.mkdir()
+    save_generator(pruned, dataclasses.replace(spec, pruned=True), optimized / "generator.safetensors")
+    write_json(optimized / "recipe.json", {"variant": "pruned+fused", "prune_ratio": 0.5})
+    write_package(tiny_configs["package"], optimized, tmp_path / "package", tmp_path / "package.json")
+    z = latents(0, 0, 4, spec.z_dim)
+    with torch.no_grad():
+        expected = to_uint8(pruned(z)).int()
+    for runtime in ("torch", "onnxruntime"):
+        images = load_package(tmp_path / "package", runtime).generate(z).int()
+        assert images.shape == expected.shape and (images - expected).abs().max() <= 1

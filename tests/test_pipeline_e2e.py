@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,9 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
 
 @pytest.mark.parametrize(
     ("edited", "affected"),
-    [("src/ganforge/packaging/onnx.py", {"package"}), ("src/ganforge/data/decode.py", {"prepare"}),
-     ("src/ganforge/training/losses.py", {"train"}),
+    [("src/ganforge/packaging/onnx.py", {"optimize", "package"}),
+     ("src/ganforge/data/decode.py", {"prepare"}),
+     ("src/ganforge/training/losses.py", {"train", "optimize"}),  # optimize's distillation uses G's loss
      ("src/ganforge/evaluation/reference.py", {"reference", "evaluate", "optimize"})],
 )
 def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected):
@@ -123,3 +125,26 @@ def test_experiment_with_a_new_lr_changes_the_metrics(repo):
     # quality and speed side by side, old and new value of each
     assert diff["metrics/evaluate.json"].keys() >= {"fid", "kid_mean", "precision", "recall", "img_per_s"}
     assert diff["metrics/evaluate.json"]["fid"]["new"] == after["fid"]
+
+
+def test_a_queued_prune_ratio_sweep_does_not_retrain(repo):
+    root, _ = repo
+    _dvc(repo, "exp", "run", "--queue", "-S", "optimize.prune_ratio=0.3,0.6")
+    _dvc(repo, "queue", "start", "--jobs", "1")
+    deadline = time.monotonic() + 500
+    while True:
+        status = _dvc(repo, "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    done = [line.split()[1] for line in status.splitlines() if "Success" in line]
+    assert len(done) == 2, status
+    for name in done:
+        log = _dvc(repo, "queue", "logs", name)
+        assert "Running stage 'optimize'" in log and "Running stage 'train'" not in log, log[-2000:]
+    shown = json.loads(_dvc(repo, "exp", "show", "--json"))
+    ratios = {exp["data"]["params"]["params.yaml"]["data"]["optimize"]["prune_ratio"]
+              for commit in shown for exp in (commit.get("experiments") or []) for exp in exp.get("revs", [])
+              if exp.get("data", {}).get("params")}
+    assert {0.3, 0.6} <= ratios

@@ -278,9 +278,11 @@ class OptimizeConfig(StageConfig):
     """Params of the optimize stage.
 
     Args:
-        seed: seed of calibration and benchmark latents.
-        variants: variants to build and measure; ``fp32`` is always measured as the baseline.
-        batch: deployment batch size; the winner is the fastest at this batch.
+        seed: seed of calibration, pruning fine-tune and benchmark latents.
+        variants: variants to build and measure, each a name like ``fused`` or ``pruned+bf16+compiled`` (see
+            :mod:`ganforge.optimization.variants`); ``fp32`` is always measured as the baseline.
+        batch: deployment batch size; the winner is the fastest here.
+        speed_batches: batch sizes at which every variant's images/s is measured (``batch`` is added).
         warmup: untimed calls before timing each variant.
         repeats: timed calls per variant; the median is reported.
         threads: intra-op threads while timing; 0 means all cores. The resolved count is recorded.
@@ -289,19 +291,32 @@ class OptimizeConfig(StageConfig):
         int8_backend: torch.ao quantized engine. ``fbgemm`` is the default because this torch release's
             ``x86`` engine computes quantized ConvTranspose2d wrongly (mean error ~0.58 on [-1, 1] outputs
             against ~0.01 for fbgemm, measured on the seed generator).
+        prune_ratio: share of the channels torch-pruning removes from every prunable layer group.
+        prune_importance: how channels are ranked: ``l1`` (weight magnitude) or ``bn-scale`` (BatchNorm gamma).
+        finetune_kimg: thousands of latents of the distillation fine-tune of the pruned generator.
+        finetune_lr: Adam learning rate of that fine-tune.
+        finetune_batch: latents per fine-tune step.
+        adversarial_weight: weight of the trained discriminator's loss next to the L1 distance to the teacher.
     """
 
     SECTION: ClassVar[str] = "optimize"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
-    variants: tuple[Literal["fp32", "fused", "int8"], ...] = _param(("fp32", "fused", "int8"))
+    variants: tuple[str, ...] = _param(("fp32", "fused", "int8"))
     batch: int = _param(64, ge=1, le=65536)
+    speed_batches: tuple[int, ...] = _param((1, 64, 256), ge=1, le=65536)
     warmup: int = _param(3, ge=0)
     repeats: int = _param(30, ge=1)
     threads: int = _param(0, ge=0, le=1024)
     max_fid_increase: float = _param(0.1, ge=0.0)
     calibration_batches: int = _param(8, ge=1)
     int8_backend: Literal["fbgemm", "qnnpack", "x86"] = "fbgemm"
+    prune_ratio: float = _param(0.7, gt=0.0, lt=1.0)
+    prune_importance: Literal["l1", "bn-scale"] = "l1"
+    finetune_kimg: float = _param(150.0, ge=0.0)
+    finetune_lr: float = _param(2e-3, gt=0.0, le=1.0)
+    finetune_batch: int = _param(64, ge=1, le=65536)
+    adversarial_weight: float = _param(0.001, ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -404,7 +419,7 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
         if not isinstance(value, list | tuple):
             raise UserError(f"{label}: expected a list, got {value!r}")
         (item_hint, _ellipsis) = typing.get_args(hint)
-        items = tuple(_check_value(f"{label}[{i}]", v, item_hint, {}) for i, v in enumerate(value))
+        items = tuple(_check_value(f"{label}[{i}]", v, item_hint, meta) for i, v in enumerate(value))
         if len(set(items)) != len(items):
             raise UserError(f"{label}: duplicate entries in {list(value)!r}")
         return items

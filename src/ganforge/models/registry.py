@@ -38,6 +38,7 @@ class GeneratorSpec:
         resolution: output side in pixels.
         channels: output channels.
         width: channel multiplier of ``dcgan`` and ``lite``; ``seed`` keeps the article's widths (1.0).
+        pruned: channels were removed by structured pruning; each layer's size is read from the weights.
     """
 
     arch: str
@@ -45,6 +46,7 @@ class GeneratorSpec:
     resolution: int
     channels: int
     width: float = 1.0
+    pruned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,7 +56,7 @@ class GeneratorSpec:
         if not isinstance(d, dict):
             raise UserError(f"{source}: expected a JSON object describing the generator")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - d.keys() - {"width"}  # specs written before the width multiplier existed mean 1.0
+        missing = names - d.keys() - {"width", "pruned"}  # optional: older specs mean width 1.0, not pruned
         if missing:
             raise UserError(f"{source}: missing generator keys {sorted(missing)}")
         spec = cls(**{k: d[k] for k in names if k in d})
@@ -67,6 +69,8 @@ class GeneratorSpec:
         if spec.resolution < 8 or spec.resolution & (spec.resolution - 1):
             raise UserError(f"{source}: resolution must be a power of two >= 8, got {spec.resolution}")
         check_width(spec.arch, spec.width, f"{source}: width")
+        if not isinstance(spec.pruned, bool):
+            raise UserError(f"{source}: pruned must be true or false, got {spec.pruned!r}")
         return spec
 
 
@@ -141,8 +145,39 @@ def load_generator(weights_path: str | Path) -> tuple[nn.Module, GeneratorSpec]:
     spec_path = weights_path.with_suffix(".json")
     spec = GeneratorSpec.from_dict(read_json(spec_path), source=str(spec_path))
     module = build_generator(spec)
-    load_state(module, load_weights(weights_path), weights_path)
+    state = load_weights(weights_path)
+    if spec.pruned:
+        resize_to_state(module, state)
+    load_state(module, state, weights_path)
     return module.eval(), spec
+
+
+_SIZE_ATTRIBUTES = {  # layer type -> (attribute, axis of the weight that gives it)
+    nn.Linear: (("out_features", 0), ("in_features", 1)),
+    nn.Conv2d: (("out_channels", 0), ("in_channels", 1)),
+    nn.ConvTranspose2d: (("in_channels", 0), ("out_channels", 1)),
+}
+
+
+def resize_to_state(module: nn.Module, state: dict[str, Any]) -> None:
+    """Give every parameter and buffer of ``module`` the shape it has in ``state`` (a structurally pruned
+    model's weights), and update the layers' size attributes to match. Values are loaded afterwards."""
+    for name, tensor in state.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        current = getattr(owner, leaf, None)
+        if current is None or current.shape == tensor.shape:
+            continue
+        if isinstance(current, nn.Parameter):
+            setattr(owner, leaf, nn.Parameter(tensor.new_empty(tensor.shape), requires_grad=current.requires_grad))
+        else:
+            owner.register_buffer(leaf, tensor.new_empty(tensor.shape))
+        if leaf == "weight" and type(owner) in _SIZE_ATTRIBUTES:
+            grouped = getattr(owner, "groups", 1)  # conv weights hold in/groups (or out/groups) on axis 1
+            for attribute, axis in _SIZE_ATTRIBUTES[type(owner)]:
+                setattr(owner, attribute, tensor.shape[axis] * (grouped if axis == 1 else 1))
+        elif leaf == "weight" and isinstance(owner, nn.modules.batchnorm._BatchNorm):
+            owner.num_features = tensor.shape[0]
 
 
 def load_state(module: nn.Module, state: dict[str, Any], path: str | Path) -> None:

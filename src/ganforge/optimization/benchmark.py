@@ -1,15 +1,23 @@
-"""Measured generation speed: warm up, time interleaved repeats, report the median and spread."""
+"""Measurements of generators: speed (warm up, interleaved repeats, median and spread), FLOPs counted by
+torch's FlopCounterMode, peak memory, and this machine's fp32 GEMM rate as the ceiling to compare with."""
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 _MIN_SAMPLE_S = 0.01  # each timed sample loops the call until it spans at least this long
 
@@ -72,3 +80,80 @@ def serialized_bytes(module: nn.Module) -> int:
 def parameter_count(module: nn.Module) -> int:
     """Number of parameter elements of a float module."""
     return sum(p.numel() for p in module.parameters())
+
+
+def flops_per_image(module: nn.Module, z_dim: int) -> int:
+    """Floating-point operations of one generated image (a multiply-add counts 2), counted by torch's
+    FlopCounterMode on a float module (convolutions, transposed convolutions and matrix products)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        module(torch.zeros(1, z_dim))
+    return int(counter.get_total_flops())
+
+
+def gemm_gflops(size: int = 1024, repeats: int = 15) -> float:
+    """This machine's measured fp32 matrix-multiply rate in GFLOP/s at the current thread count: the
+    median of ``repeats`` (size x size) @ (size x size) products after warm-up."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+    for _ in range(3):
+        a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(seconds) / 1e9
+
+
+@torch.inference_mode()
+def peak_tensor_mib(module: nn.Module, z_dim: int, batch: int) -> float:
+    """Peak bytes of tensors alive during one call at ``batch``, beyond the input, from the profiler's
+    allocation events (torch modules; for ONNX Runtime see :func:`onnx_peak_rss_mib`)."""
+    z = torch.zeros(batch, z_dim)
+    module(z)  # first-call allocations (packed weights, caches) are not per-call memory
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        module(z)
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for event in events:
+        live += event.cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+_ONNX_PEAK_SCRIPT = """
+import sys, threading, time
+import numpy as np, onnxruntime as ort, psutil
+path, batch, z_dim, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+process, done = psutil.Process(), threading.Event()
+before = peak = process.memory_info().rss
+def sample():
+    global peak
+    while not done.is_set():
+        peak = max(peak, process.memory_info().rss)
+        time.sleep(0.0005)
+sampler = threading.Thread(target=sample)
+sampler.start()
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+session.run(None, {session.get_inputs()[0].name: np.zeros((batch, z_dim), dtype=np.float32)})
+peak = max(peak, process.memory_info().rss)
+done.set()
+sampler.join()
+print((peak - before) / 2**20)
+"""
+
+
+def onnx_peak_rss_mib(onnx_bytes: bytes, z_dim: int, batch: int, threads: int = 0) -> float:
+    """Growth of resident memory while a fresh ONNX Runtime session is created and run once at ``batch``,
+    sampled every half millisecond in a new process: ONNX Runtime's arena is invisible to torch's profiler,
+    and in this process freed torch memory would be reused without showing. Allocations above 64 KiB are
+    forced to fresh pages (``MALLOC_MMAP_THRESHOLD_``) so reuse cannot hide them there either."""
+    with tempfile.TemporaryDirectory(prefix="ganforge-peak-") as tmp:
+        path = Path(tmp) / "generator.onnx"
+        path.write_bytes(onnx_bytes)
+        result = subprocess.run(
+            [sys.executable, "-c", _ONNX_PEAK_SCRIPT, str(path), str(batch), str(z_dim), str(threads)],
+            capture_output=True, text=True, check=True, env=os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"})
+    return float(result.stdout.strip().splitlines()[-1])

@@ -1,25 +1,48 @@
-"""The optimize stage's library function: build each variant, measure its speed and FID, pick the winner."""
+"""The optimize stage's library function: build each variant, measure it, pick the fastest within the FID
+budget. Nothing is assumed: every variant is timed on the machine that runs the stage, side by side."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig
-from ganforge.evaluation.protocol import make_protocol, score_generator
+from ganforge.evaluation.protocol import Protocol, make_protocol, score_generator, score_onnx_generator
 from ganforge.files import atomic_dir, atomic_path, write_json
 from ganforge.models import load_generator, save_generator
 from ganforge.models.registry import trained_generator_path
-from ganforge.optimization.benchmark import parameter_count, serialized_bytes, time_generators
+from ganforge.optimization.benchmark import (
+    flops_per_image,
+    gemm_gflops,
+    onnx_peak_rss_mib,
+    parameter_count,
+    peak_tensor_mib,
+    serialized_bytes,
+    time_generators,
+)
+from ganforge.optimization.pruning import distill, prune_generator, trained_discriminator
 from ganforge.optimization.select import fid_budget, select_winner
-from ganforge.optimization.variants import Recipe, build_variant, float_layers, fold_batchnorm
+from ganforge.optimization.variants import (
+    BASELINE,
+    OnnxRuntimeGenerator,
+    Recipe,
+    build_variant,
+    float_layers,
+    reduced_precision_support,
+    variant_steps,
+)
 
-BASELINE = "fp32"
+TABLE_COLUMNS = ["variant", "img_per_s", "speedup", "fid", "latency_ms_batch1", "macs", "params", "size_bytes",
+                 "peak_mem_mib", "gflops", "ceiling_fraction", "build_s"]
 
 
 def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str | Path,
@@ -27,31 +50,66 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
              table_path: str | Path) -> dict[str, Any]:
     """Measure every variant in ``cfg.variants`` (plus the fp32 baseline) and write the winner to ``out_dir``.
 
-    ``out_dir`` receives the float weights and ``recipe.json``; the metrics JSON records every variant's
-    images/s, latency, size and FID, and the CSV table holds one row per variant for ``dvc plots``.
+    ``out_dir`` receives the winner's float weights (pruned ones with their smaller shapes) and
+    ``recipe.json``; the metrics JSON records every variant's measurements, and the CSV table holds one row
+    per variant for ``dvc plots``.
     """
-    generator, spec = load_generator(trained_generator_path(train_dir, eval_cfg.generator))
+    names = [BASELINE] + [v for v in dict.fromkeys(cfg.variants) if v != BASELINE]
+    steps = {name: variant_steps(name, "optimize.variants") for name in names}
+    teacher, spec = load_generator(trained_generator_path(train_dir, eval_cfg.generator))
     protocol = make_protocol(eval_cfg, reference_cfg, reference_dir, featurizer_path)
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
 
-    names = [BASELINE] + [v for v in cfg.variants if v != BASELINE]
-    modules = {name: build_variant(_recipe(name, cfg), generator, spec.z_dim) for name in names}
-    at_batch = time_generators(modules, spec.z_dim, cfg.batch, cfg.warmup, cfg.repeats, seed=cfg.seed)
-    at_one = time_generators(modules, spec.z_dim, 1, cfg.warmup, cfg.repeats, seed=cfg.seed)
-    folded = fold_batchnorm(generator)
+    skipped = {name: why for name in names for step in steps[name] if step in ("bf16", "fp16")
+               if (why := reduced_precision_support(step))}
+    names = [name for name in names if name not in skipped]
+    notes: dict[str, Any] = {"skipped": skipped} if skipped else {}
+    bases = {name: teacher for name in names}
+    if any("pruned" in steps[name] for name in names):
+        pruned = prune_generator(teacher, spec.z_dim, cfg.prune_ratio, cfg.prune_importance)
+        notes["distillation"] = distill(pruned, teacher, trained_discriminator(train_dir, spec), spec.z_dim, cfg,
+                                        cfg.seed)
+        bases |= {name: pruned for name in names if "pruned" in steps[name]}
+
+    batches = sorted(set(cfg.speed_batches) | {cfg.batch})
+    modules, build_s = {}, {}
+    for name in tqdm(names, desc="optimize: building variants", unit="variant"):
+        start = time.perf_counter()
+        modules[name] = build_variant(recipe(name, cfg), bases[name], spec.z_dim, threads=threads)
+        if "compiled" in steps[name]:
+            with torch.inference_mode():  # compile for every timed shape now, so timing sees no compilation
+                for batch in batches:
+                    modules[name](torch.zeros(batch, spec.z_dim))
+        build_s[name] = time.perf_counter() - start
+    timings = {batch: time_generators(modules, spec.z_dim, batch, cfg.warmup, cfg.repeats, seed=cfg.seed)
+               for batch in batches}
+    ceiling = gemm_gflops()  # measured in the same run as the variants
+
     rows: dict[str, dict[str, Any]] = {}
-    for name, module in tqdm(modules.items(), desc="optimize: FID per variant", unit="variant"):
+    for name in tqdm(names, desc="optimize: FID and memory per variant", unit="variant"):
+        module, flops = modules[name], flops_per_image(bases[name], spec.z_dim)
+        at_deploy, at_largest = timings[cfg.batch][name], timings[batches[-1]][name]
         rows[name] = {
-            "img_per_s": at_batch[name].img_per_s,
-            "img_per_s_min": at_batch[name].img_per_s_min,
-            "img_per_s_max": at_batch[name].img_per_s_max,
-            "latency_ms_batch1": at_one[name].ms_per_batch,
-            "params": parameter_count(generator if name == BASELINE else folded),
-            "size_bytes": serialized_bytes(module),
-            **score_generator(module, spec.z_dim, protocol),
+            "img_per_s": at_deploy.img_per_s,
+            "img_per_s_min": at_deploy.img_per_s_min,
+            "img_per_s_max": at_deploy.img_per_s_max,
+            **{f"img_per_s_batch{batch}": timings[batch][name].img_per_s for batch in batches},
+            "latency_ms_batch1": (timings[1][name] if 1 in timings else
+                                  time_generators({name: module}, spec.z_dim, 1, cfg.warmup, cfg.repeats)[name]
+                                  ).ms_per_batch,
+            "macs": flops // 2,
+            "params": parameter_count(bases[name]),
+            "size_bytes": len(module.onnx_bytes) if isinstance(module, OnnxRuntimeGenerator)
+            else serialized_bytes(_eager(module)),
+            "peak_mem_mib": _peak_memory(module, spec.z_dim, batches[-1]),
+            "gflops": flops * at_largest.img_per_s / 1e9,
+            "ceiling_fraction": flops * at_largest.img_per_s / 1e9 / ceiling,
+            "build_s": build_s[name],
+            **_score(module, spec.z_dim, protocol),
         }
-    notes = {"int8_float_layers": float_layers(modules["int8"])} if "int8" in modules else {}
+    if "int8" in modules:
+        notes["int8_float_layers"] = float_layers(modules["int8"])
 
     baseline = rows[BASELINE]
     for row in rows.values():
@@ -59,20 +117,24 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
     budget = fid_budget(baseline["fid"], cfg.max_fid_increase)
     winner = select_winner({n: r["img_per_s"] for n, r in rows.items()}, {n: r["fid"] for n, r in rows.items()},
                            BASELINE, budget)
-    winner_recipe = _recipe(winner, cfg)
 
     with atomic_dir(out_dir) as tmp:
-        save_generator(generator, spec, tmp / "generator.safetensors")
-        write_json(tmp / "recipe.json", winner_recipe.to_dict())
+        save_generator(bases[winner], dataclasses.replace(spec, pruned="pruned" in steps[winner]),
+                       tmp / "generator.safetensors")
+        write_json(tmp / "recipe.json", recipe(winner, cfg).to_dict())
 
     metrics = {
         "winner": winner,
         "winner_speedup": rows[winner]["speedup"],
         "winner_img_per_s": rows[winner]["img_per_s"],
+        "baseline_img_per_s": baseline["img_per_s"],
         "winner_fid": rows[winner]["fid"],
         "baseline_fid": baseline["fid"],
         "fid_budget": budget,
+        "macs_ratio": rows[winner]["macs"] / baseline["macs"],
+        "gemm_gflops": ceiling,
         "batch": cfg.batch,
+        "ceiling_batch": batches[-1],
         "threads": threads,
         "variants": rows,
         **notes,
@@ -82,19 +144,42 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
     return metrics
 
 
-def _recipe(variant: str, cfg: OptimizeConfig) -> Recipe:
+def recipe(variant: str, cfg: OptimizeConfig) -> Recipe:
+    """The recipe of ``variant`` under the optimize params (pruning settings only for pruned variants)."""
+    pruned = "pruned" in variant_steps(variant)
     return Recipe(variant, calibration_seed=cfg.seed, calibration_batches=cfg.calibration_batches,
-                  calibration_batch_size=cfg.batch, quantization_backend=cfg.int8_backend)
+                  calibration_batch_size=cfg.batch, quantization_backend=cfg.int8_backend,
+                  prune_ratio=cfg.prune_ratio if pruned else None,
+                  prune_importance=cfg.prune_importance if pruned else None,
+                  finetune_kimg=cfg.finetune_kimg if pruned else None)
+
+
+def _eager(module: nn.Module) -> nn.Module:
+    return getattr(module, "_orig_mod", module)  # torch.compile's wrapper keeps the eager module here
+
+
+def _peak_memory(module: nn.Module, z_dim: int, batch: int) -> float:
+    if isinstance(module, OnnxRuntimeGenerator):
+        return onnx_peak_rss_mib(module.onnx_bytes, z_dim, batch, module.threads)
+    return peak_tensor_mib(module, z_dim, batch)
+
+
+def _score(module: nn.Module, z_dim: int, protocol: Protocol) -> dict[str, float]:
+    if not isinstance(module, OnnxRuntimeGenerator):
+        return score_generator(module, z_dim, protocol)
+    with tempfile.TemporaryDirectory(prefix="ganforge-score-") as tmp:  # through torch-fidelity's ONNX model
+        path = Path(tmp) / "generator.onnx"
+        path.write_bytes(module.onnx_bytes)
+        return score_onnx_generator(path, z_dim, protocol)
 
 
 def write_table(path: str | Path, rows: dict[str, dict[str, Any]]) -> None:
     """One CSV row per variant: the FID-against-images/s table that ``dvc plots`` draws."""
-    columns = ["variant", "img_per_s", "speedup", "fid", "latency_ms_batch1", "size_bytes", "params"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
+        writer.writerow(TABLE_COLUMNS)
         for name, row in rows.items():
-            writer.writerow([name] + [_round(row[c]) for c in columns[1:]])
+            writer.writerow([name] + [_round(row[c]) for c in TABLE_COLUMNS[1:]])
 
 
 def _round(value: Any) -> Any:

@@ -1,12 +1,26 @@
-"""Generator variants. Each is a deterministic transform of the float weights described by a :class:`Recipe`,
-so a variant is stored as float weights plus a JSON recipe and rebuilt identically wherever it is loaded."""
+"""Generator variants. Each is a deterministic transform of float weights described by a :class:`Recipe`, so a
+variant is stored as float weights (pruned ones keep their smaller shapes) plus a JSON recipe, and rebuilt
+identically wherever it is loaded.
+
+A variant's name joins its steps with ``+``, at most one of each kind, in this order:
+
+- weights: ``pruned`` (structured channel pruning + distillation, done by the optimize stage; the stored
+  weights are already pruned, so rebuilding has nothing to do for it);
+- numerics: ``fused`` (BatchNorm folded, channels_last), ``int8`` (post-training static quantization),
+  ``bf16`` or ``fp16`` (BatchNorm folded, weights and activations in that type, channels_last);
+- runtime: ``compiled`` (``torch.compile``) or ``onnxruntime`` (the ONNX export run by ONNX Runtime).
+
+``fp32`` is the plain eager float model, the baseline. Examples: ``pruned+fused``, ``pruned+bf16+compiled``.
+"""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,10 +29,42 @@ from torch.ao.quantization import fuse_modules, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from ganforge.errors import UserError
+from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
-VARIANTS = ("fp32", "fused", "int8")
+BASELINE = "fp32"
+WEIGHT_STEPS = ("pruned",)
+NUMERIC_STEPS = ("fused", "int8", "bf16", "fp16")
+RUNTIME_STEPS = ("compiled", "onnxruntime")
+_KINDS = (WEIGHT_STEPS, NUMERIC_STEPS, RUNTIME_STEPS)
+_FLOAT_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_NOT_COMBINABLE = {("int8", "compiled"): "torch.compile does not take torch.ao's quantized modules",
+                   ("int8", "onnxruntime"): "the ONNX export is of the float model",
+                   ("bf16", "onnxruntime"): "the ONNX export is of the float model",
+                   ("fp16", "onnxruntime"): "the ONNX export is of the float model"}
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def variant_steps(name: str, label: str = "variant") -> tuple[str, ...]:
+    """``"pruned+fused"`` -> ("pruned", "fused"); ``"fp32"`` -> (). Unknown, repeated, misordered or
+    incompatible steps are a one-line :class:`UserError` naming ``label``."""
+    if name == BASELINE:
+        return ()
+    steps = tuple(name.split("+"))
+    known = [s for kind in _KINDS for s in kind]
+    for step in steps:
+        if step not in known:
+            raise UserError(f"{label}: unknown step {step!r} in {name!r} (known: {BASELINE}, {', '.join(known)}, "
+                            f"joined with '+')")
+    kinds = [next(i for i, kind in enumerate(_KINDS) if step in kind) for step in steps]
+    if kinds != sorted(set(kinds)):
+        raise UserError(f"{label}: {name!r} must name at most one step of each kind, in the order weights "
+                        f"({'|'.join(WEIGHT_STEPS)}), numerics ({'|'.join(NUMERIC_STEPS)}), runtime "
+                        f"({'|'.join(RUNTIME_STEPS)})")
+    for (a, b), why in _NOT_COMBINABLE.items():
+        if a in steps and b in steps:
+            raise UserError(f"{label}: {name!r} combines {a} with {b}: {why}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -26,11 +72,14 @@ class Recipe:
     """How to turn float generator weights into a deployable variant.
 
     Args:
-        variant: one of ``fp32``, ``fused``, ``int8``.
+        variant: the variant's name, its steps joined with ``+`` (see the module docstring).
         calibration_seed: seed of the latents fed to int8 observers.
         calibration_batches: number of calibration batches.
         calibration_batch_size: latents per calibration batch.
         quantization_backend: torch.ao backend of the int8 flow.
+        prune_ratio: share of channels removed (``pruned`` variants; recorded, already applied to the weights).
+        prune_importance: criterion that chose them (``l1`` or ``bn-scale``).
+        finetune_kimg: thousands of latents of the distillation fine-tune after pruning.
     """
 
     variant: str
@@ -38,15 +87,23 @@ class Recipe:
     calibration_batches: int = 8
     calibration_batch_size: int = 64
     quantization_backend: str = "fbgemm"
+    prune_ratio: float | None = None
+    prune_importance: str | None = None
+    finetune_kimg: float | None = None
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return variant_steps(self.variant)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "recipe") -> Recipe:
-        if not isinstance(d, dict) or d.get("variant") not in VARIANTS:
+        if not isinstance(d, dict) or not isinstance(d.get("variant"), str):
             variant = d.get("variant") if isinstance(d, dict) else d
-            raise UserError(f"{source}: unknown or missing variant {variant!r} (known: {', '.join(VARIANTS)})")
+            raise UserError(f"{source}: missing or malformed variant {variant!r}")
+        variant_steps(d["variant"], f"{source}: variant")
         recipe = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
         if recipe.quantization_backend not in torch.backends.quantized.supported_engines:
             raise UserError(f"{source}: quantization_backend {recipe.quantization_backend!r} is not available "
@@ -98,15 +155,74 @@ def quantize_int8(generator: nn.Module, z_dim: int, recipe: Recipe) -> nn.Module
         return convert_fx(prepared).eval()
 
 
-def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int) -> nn.Module:
-    """Apply ``recipe`` to a float generator; the input module is left untouched."""
-    if recipe.variant == "fp32":
-        return copy.deepcopy(generator).eval()
-    if recipe.variant == "fused":
-        return fold_batchnorm(generator).to(memory_format=torch.channels_last)
-    if recipe.variant == "int8":
-        return quantize_int8(generator, z_dim, recipe)
-    raise AssertionError(f"unknown variant {recipe.variant!r}")
+class ReducedPrecision(nn.Module):
+    """Runs a generator in bf16 or fp16 (weights and activations): z (B, z_dim) float32 -> float32 images."""
+
+    def __init__(self, generator: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.generator, self.dtype = generator.to(dtype), dtype
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z.to(self.dtype)).float()
+
+
+class OnnxRuntimeGenerator(nn.Module):
+    """An ONNX Runtime session behind the module interface: z (B, z_dim) -> images (B, C, R, R), float32.
+
+    Args:
+        onnx_bytes: the exported model, kept in memory so the module outlives the exported file.
+        threads: intra-op threads of the session (0: ONNX Runtime decides).
+    """
+
+    def __init__(self, onnx_bytes: bytes, threads: int = 0) -> None:
+        super().__init__()
+        self.onnx_bytes, self.threads = onnx_bytes, threads
+        self.session = onnx_session(onnx_bytes, threads)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return run_onnx(self.session, z)
+
+
+def reduced_precision_support(step: str) -> str | None:
+    """None when this CPU computes ``bf16``/``fp16`` natively (AVX-512 or AMX), else why not: emulated
+    reduced precision is slower than fp32, so the optimize stage skips it and says so."""
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        return "CPU flags unreadable (no /proc/cpuinfo)"
+    wanted = {"bf16": {"avx512_bf16", "amx_bf16"}, "fp16": {"avx512_fp16", "amx_fp16"}}[step]
+    return None if flags & wanted else f"this CPU has none of {', '.join(sorted(wanted))}"
+
+
+def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: bool = True,
+                  threads: int = 0) -> nn.Module:
+    """Apply ``recipe`` to float weights (already pruned for ``pruned`` recipes); the input is left untouched.
+
+    With ``runtime=False`` the runtime step (``compiled``/``onnxruntime``) is left out: the eager torch
+    module that the package ships and ``generate --runtime torch`` runs.
+    """
+    steps = recipe.steps
+    if "int8" in steps:
+        module = quantize_int8(generator, z_dim, recipe)
+    elif "fused" in steps:
+        module = fold_batchnorm(generator).to(memory_format=torch.channels_last)
+    elif "bf16" in steps or "fp16" in steps:
+        dtype = _FLOAT_TYPES["bf16" if "bf16" in steps else "fp16"]
+        module = ReducedPrecision(fold_batchnorm(generator).to(memory_format=torch.channels_last), dtype)
+    else:
+        module = copy.deepcopy(generator).eval()
+    if runtime and "compiled" in steps:
+        module = torch.compile(module)
+    if runtime and "onnxruntime" in steps:
+        with tempfile.TemporaryDirectory(prefix="ganforge-variant-") as tmp:
+            path = Path(tmp) / "generator.onnx"
+            export_onnx(module, z_dim, path, opset=17)
+            module = OnnxRuntimeGenerator(path.read_bytes(), threads)
+    return module
 
 
 def float_layers(module: nn.Module) -> list[str]:

@@ -28,7 +28,7 @@ from ganforge.files import atomic_dir, read_json, sha256_file, write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.latents import latents
 from ganforge.models import GeneratorSpec, load_generator
-from ganforge.models.registry import build_generator, load_state, load_weights, save_weights
+from ganforge.models.registry import build_generator, load_state, load_weights, resize_to_state, save_weights
 from ganforge.optimization.variants import Recipe, build_variant, fold_batchnorm
 from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
@@ -102,7 +102,7 @@ def write_package(cfg: PackageConfig, optimized_dir: str | Path, out_dir: str | 
             raise UserError(f"ONNX parity failed: max |onnx - torch| = {max_abs_diff:.3g} exceeds "
                             f"package.parity_max_abs_diff = {cfg.parity_max_abs_diff}")
         with torch.inference_mode():
-            grid_images = to_uint8(build_variant(recipe, generator, spec.z_dim)(
+            grid_images = to_uint8(build_variant(recipe, generator, spec.z_dim, runtime=False)(
                 latents(cfg.seed, 0, cfg.grid_size, spec.z_dim)))
         save_grid(grid_images, tmp / SAMPLES)
         files = sorted(p.name for p in tmp.iterdir())
@@ -163,6 +163,10 @@ def load_package(path: str | Path, runtime: str = "torch") -> GeneratorPackage:
     if runtime == "onnxruntime":
         return GeneratorPackage(path, spec, recipe, runtime, onnx_session=onnx_session(path / ONNX))
     generator = build_generator(spec)
-    load_state(generator, load_weights(path / WEIGHTS), path / WEIGHTS)
-    module = build_variant(recipe, generator.eval(), spec.z_dim)
+    state = load_weights(path / WEIGHTS)
+    if spec.pruned:
+        resize_to_state(generator, state)
+    load_state(generator, state, path / WEIGHTS)
+    # The torch runtime is the recipe's eager module; its runtime step (compiled, onnxruntime) is left out.
+    module = build_variant(recipe, generator.eval(), spec.z_dim, runtime=False)
     return GeneratorPackage(path, spec, recipe, runtime, torch_module=module)

@@ -1,0 +1,111 @@
+"""Measure the optimize stage's targets: every variant side by side in one run, on this machine.
+
+    python benchmarks/optimize_speed.py
+
+It runs the optimize library function on this checkout's pipeline outputs (run `dvc repro` first) with the
+params.yaml settings plus the torch.compile variants, writing to a temp dir. Then it checks two targets:
+
+- the winner's images/s at batch 256 against the ``seed`` generator in eager fp32 (the baseline row, timed
+  in the same run), with the winner's FID at most 1.1x the baseline's;
+- the best unpruned fp32 variant's achieved GFLOP/s at batch 256 as a fraction of this machine's fp32 GEMM
+  rate, measured in the same run.
+
+Results go to bench/optimize_speed.json and the generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from measure import REPO, machine, machine_line, write_doc_section
+
+RESULTS = REPO / "bench/optimize_speed.json"
+EXTRA_VARIANTS = ("fused+compiled", "pruned+bf16+compiled")
+TARGETS = {"speedup_vs_seed_fp32": 10.0, "fid_ratio": 1.1, "ceiling_fraction": 0.6}
+
+
+def run(work: Path) -> dict:
+    from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig, config_from_dict
+    from ganforge.optimization.optimize import optimize
+    from ganforge.optimization.variants import variant_steps
+
+    if not (REPO / "models/train/checkpoint.pt").is_file() or not (REPO / "models/reference").is_dir():
+        sys.exit("pipeline outputs missing: run `dvc repro` first")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def load(cls):
+        return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION])
+
+    cfg = load(OptimizeConfig)
+    cfg = dataclasses.replace(cfg, variants=tuple(dict.fromkeys((*cfg.variants, *EXTRA_VARIANTS))),
+                              speed_batches=tuple(sorted({*cfg.speed_batches, 256})))
+    metrics = optimize(cfg, load(EvaluateConfig), load(ReferenceConfig), REPO / "models/train",
+                       REPO / "models/featurizer/featurizer.safetensors", REPO / "models/reference",
+                       work / "optimized", work / "optimize.json", work / "optimize.csv")
+    rows = metrics["variants"]
+    baseline, winner = rows["fp32"], rows[metrics["winner"]]
+    fp32_unpruned = {name: row for name, row in rows.items()
+                     if not (set(variant_steps(name)) & {"pruned", "int8", "bf16", "fp16"})}
+    best_fp32 = max(fp32_unpruned, key=lambda name: rows[name]["img_per_s_batch256"])
+    return {
+        "machine": machine(), "targets": TARGETS, "variants_measured": list(rows),
+        "skipped": metrics.get("skipped", {}), "gemm_gflops": metrics["gemm_gflops"],
+        "winner": metrics["winner"], "deploy_batch": metrics["batch"],
+        "winner_speedup_batch256": winner["img_per_s_batch256"] / baseline["img_per_s_batch256"],
+        "winner_fid_ratio": winner["fid"] / baseline["fid"],
+        "best_unpruned_fp32": best_fp32, "best_unpruned_fp32_ceiling_fraction": rows[best_fp32]["ceiling_fraction"],
+        "distillation": metrics.get("distillation"), "rows": rows,
+    }
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "**missed**"
+
+
+def render(results: dict) -> None:
+    t, rows = results["targets"], results["rows"]
+    speedup, fid_ratio = results["winner_speedup_batch256"], results["winner_fid_ratio"]
+    ceiling = results["best_unpruned_fp32_ceiling_fraction"]
+    lines = [machine_line(results["machine"]), "",
+             f"All variants timed side by side in one run (interleaved repeats, median), "
+             f"{results['machine']['torch_threads']} threads; the fp32 GEMM ceiling measured in the same run: "
+             f"{results['gemm_gflops']:.0f} GFLOP/s. The winner is chosen at the deployment batch "
+             f"({results['deploy_batch']}).", "",
+             "| target | measured | |", "|---|---|---|",
+             f"| winner ≥ {t['speedup_vs_seed_fp32']:.0f}× the images/s of `seed` in eager fp32 at batch 256 | "
+             f"`{results['winner']}`: {speedup:.2f}× | {_verdict(speedup >= t['speedup_vs_seed_fp32'])} |",
+             f"| winner's FID ≤ {t['fid_ratio']}× the baseline's | {fid_ratio:.3f}× | "
+             f"{_verdict(fid_ratio <= t['fid_ratio'])} |",
+             f"| best unpruned fp32 variant ≥ {t['ceiling_fraction']:.0%} of the fp32 GEMM rate at batch 256 | "
+             f"`{results['best_unpruned_fp32']}`: {ceiling:.1%} | {_verdict(ceiling >= t['ceiling_fraction'])} |",
+             "", "| variant | img/s b1 | img/s b64 | img/s b256 | × fp32 (b256) | FID | MMACs | params | MiB on disk "
+             "| peak MiB (b256) | GFLOP/s (b256) | of ceiling | build s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base = rows["fp32"]["img_per_s_batch256"]
+    for name, r in rows.items():
+        lines.append(f"| `{name}` | {r['img_per_s_batch1']:.0f} | {r['img_per_s_batch64']:.0f} | "
+                     f"{r['img_per_s_batch256']:.0f} | {r['img_per_s_batch256'] / base:.2f} | {r['fid']:.3f} | "
+                     f"{r['macs'] / 1e6:.2f} | {r['params']:,} | {r['size_bytes'] / 2**20:.2f} | "
+                     f"{r['peak_mem_mib']:.1f} | {r['gflops']:.1f} | {r['ceiling_fraction']:.1%} | "
+                     f"{r['build_s']:.1f} |")
+    for name, why in results["skipped"].items():
+        lines.append(f"| `{name}` | skipped: {why} |||||||||||| ")
+    write_doc_section("optimize", lines)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(Path(tmp))
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    render(results)
+    print(json.dumps({k: v for k, v in results.items() if k != "rows"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
