@@ -128,6 +128,25 @@ def test_pruning_removes_channels_and_reloads_from_safetensors(tmp_path, arch, w
     assert reloaded_spec.pruned and torch.equal(reloaded(z), pruned(z))
 
 
+def test_features_reshaped_into_channels_are_pruned_a_whole_channel_at_a_time():
+    from ganforge.optimization.pruning import _prune_reshaped_map, _reshaped_maps
+
+    torch.manual_seed(0)
+    generator = build_generator(GeneratorSpec("seed", 16, 32, 1)).eval()
+    z = torch.randn(8, 16)
+    (found,) = _reshaped_maps(generator, z)
+    assert found.linear is generator.fc[5] and found.conv is generator.ups[0] and found.norms == [generator.fc[6]]
+    dead = [3, 17, 40, 63]  # channels of the 4x4 map that contribute nothing: zero their weights everywhere
+    with torch.no_grad():
+        for c in dead:
+            generator.fc[5].weight[c * 16:(c + 1) * 16] = 0
+            generator.ups[0].weight[c] = 0
+    expected = generator(z)
+    _prune_reshaped_map(found, len(dead) / 64, "l1")
+    assert generator.ups[0].in_channels == 60 and generator.fc[5].out_features == 60 * 16
+    assert torch.allclose(generator(z), expected, atol=1e-6)
+
+
 def test_bn_scale_pruning_and_distillation_move_the_student_toward_the_teacher(tiny_run):
     import types
 

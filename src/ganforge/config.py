@@ -311,7 +311,7 @@ class OptimizeConfig(StageConfig):
     max_fid_increase: float = _param(0.1, ge=0.0)
     calibration_batches: int = _param(8, ge=1)
     int8_backend: Literal["fbgemm", "qnnpack", "x86"] = "fbgemm"
-    prune_ratio: float = _param(0.7, gt=0.0, lt=1.0)
+    prune_ratio: float = _param(0.8, gt=0.0, lt=1.0)
     prune_importance: Literal["l1", "bn-scale"] = "l1"
     finetune_kimg: float = _param(150.0, ge=0.0)
     finetune_lr: float = _param(2e-3, gt=0.0, le=1.0)

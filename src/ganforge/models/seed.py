@@ -63,7 +63,8 @@ class SeedGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.fc(z)  # (B, 1024)
-        h = h.reshape(-1, _START_CHANNELS, _START_SIDE, _START_SIDE)  # (B, 64, 4, 4): the article's missing reshape
+        # (B, 64, 4, 4): the article's missing reshape (channels inferred, so a pruned copy has fewer)
+        h = h.unflatten(1, (-1, _START_SIDE, _START_SIDE))
         return self.ups(h)  # (B, C, R, R)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,70 @@ def fixed_width_layers(generator: nn.Module, z: torch.Tensor) -> list[nn.Module]
     return [order[-1], *reshaped]
 
 
+@dataclass(frozen=True)
+class _ReshapedMap:
+    """A linear layer whose features (through per-feature norms and activations) are reshaped into the
+    channels of a feature map that exactly one convolution reads."""
+
+    linear: nn.Linear
+    norms: list[nn.BatchNorm1d]
+    conv: nn.Conv2d | nn.ConvTranspose2d
+
+
+def _reshaped_maps(generator: nn.Module, z: torch.Tensor) -> list[_ReshapedMap]:
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []  # every tensor is kept alive while tracing,
+    leaves = [m for m in generator.modules() if not list(m.children())]  # so equal data pointers mean one storage
+    hooks = [m.register_forward_hook(lambda module, args, out: calls.append((module, args[0], out))) for m in leaves]
+    try:
+        with torch.no_grad():
+            generator(z)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    found = []
+    for i, (linear, _, features) in enumerate(calls):
+        if not isinstance(linear, nn.Linear):
+            continue
+        norms, pointer = [], features.data_ptr()
+        for module, source, out in calls[i + 1:]:  # follow the features through per-feature 2-D ops
+            if source.data_ptr() == pointer and source.dim() == out.dim() == 2 and not isinstance(module, _WEIGHTED):
+                norms += [module] if isinstance(module, nn.BatchNorm1d) else []
+                pointer = out.data_ptr()
+        readers = [module for module, source, _ in calls if source.data_ptr() == pointer and source.dim() == 4]
+        if len(readers) == 1 and isinstance(readers[0], nn.Conv2d | nn.ConvTranspose2d):
+            found.append(_ReshapedMap(linear, norms, readers[0]))
+    return found
+
+
+def _prune_reshaped_map(found: _ReshapedMap, ratio: float, criterion: str) -> None:
+    """Remove ``ratio`` of the map's channels: each one's block of linear features (and their norm
+    entries) and the convolution's input channel, with torch-pruning's layer pruning functions."""
+    conv, linear = found.conv, found.linear
+    per_channel = linear.out_features // conv.in_channels  # map pixels: features per channel
+    if criterion == "bn-scale" and found.norms:
+        scores = found.norms[0].weight.detach().abs().reshape(conv.in_channels, per_channel).sum(1)
+    else:
+        conv_in = conv.weight.detach().transpose(0, 1) if isinstance(conv, nn.Conv2d) else conv.weight.detach()
+        scores = (linear.weight.detach().abs().reshape(conv.in_channels, -1).sum(1)
+                  + conv_in.abs().reshape(conv.in_channels, -1).sum(1))
+    channels = scores.argsort()[:int(conv.in_channels * ratio)].sort().values.tolist()
+    features = [c * per_channel + j for c in channels for j in range(per_channel)]
+    tp.prune_linear_out_channels(linear, features)
+    for norm in found.norms:
+        tp.prune_batchnorm_out_channels(norm, features)
+    tp.prune_conv_in_channels(conv, channels)
+
+
 def prune_generator(generator: nn.Module, z_dim: int, ratio: float, criterion: str) -> nn.Module:
     """A copy of ``generator`` with ``ratio`` of the channels of every prunable layer group removed."""
     pruned = copy.deepcopy(generator).eval()
     example = torch.zeros(2, z_dim)  # (2, z_dim): only shapes matter for tracing
+    maps = _reshaped_maps(pruned, example)
     pruner = tp.pruner.BasePruner(pruned, example, importance=_importance(criterion), pruning_ratio=ratio,
                                   ignored_layers=fixed_width_layers(pruned, example))
     pruner.step()
+    for found in maps:  # torch-pruning's graph does not couple features with the channels they become
+        _prune_reshaped_map(found, ratio, criterion)
     with torch.no_grad():
         if pruned(example).shape != generator.eval()(example).shape:
             raise UserError(f"optimize.prune_ratio: pruning {generator.__class__.__name__} at {ratio} changed its "
