@@ -282,7 +282,7 @@ class OptimizeConfig(StageConfig):
         variants: variants to build and measure, each a name like ``fused`` or ``pruned+bf16+compiled`` (see
             :mod:`ganforge.optimization.variants`); ``fp32`` is always measured as the baseline.
         batch: deployment batch size; the winner is the fastest here.
-        speed_batches: batch sizes at which every variant's images/s is measured (``batch`` is added).
+        speed_batches: batch sizes at which every variant's images/s is measured (``batch`` and 1 are added).
         warmup: untimed calls before timing each variant.
         repeats: timed calls per variant; the median is reported.
         threads: intra-op threads while timing; 0 means all cores. The resolved count is recorded.

@@ -40,17 +40,23 @@ def _importance(criterion: str) -> tp.importance.Importance:
                     f"(known: {', '.join(IMPORTANCE_CRITERIA)})")
 
 
-def _layers_in_call_order(generator: nn.Module, z: torch.Tensor) -> list[nn.Module]:
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda module, args, out: order.append(module))
-             for m in generator.modules() if isinstance(m, _WEIGHTED)]
+def _trace(generator: nn.Module, z: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(leaf module, its input, its output) for every leaf call of one forward pass, in call order. Every
+    tensor stays alive until the trace is dropped, so equal data pointers mean one storage."""
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    leaves = [m for m in generator.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda module, args, out: calls.append((module, args[0], out))) for m in leaves]
     try:
         with torch.no_grad():
             generator(z)
     finally:
         for hook in hooks:
             hook.remove()
-    return order
+    return calls
+
+
+def _layers_in_call_order(generator: nn.Module, z: torch.Tensor) -> list[nn.Module]:
+    return [module for module, _, _ in _trace(generator, z) if isinstance(module, _WEIGHTED)]
 
 
 def fixed_width_layers(generator: nn.Module, z: torch.Tensor) -> list[nn.Module]:
@@ -74,15 +80,7 @@ class _ReshapedMap:
 
 
 def _reshaped_maps(generator: nn.Module, z: torch.Tensor) -> list[_ReshapedMap]:
-    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []  # every tensor is kept alive while tracing,
-    leaves = [m for m in generator.modules() if not list(m.children())]  # so equal data pointers mean one storage
-    hooks = [m.register_forward_hook(lambda module, args, out: calls.append((module, args[0], out))) for m in leaves]
-    try:
-        with torch.no_grad():
-            generator(z)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    calls = _trace(generator, z)
     found = []
     for i, (linear, _, features) in enumerate(calls):
         if not isinstance(linear, nn.Linear):
