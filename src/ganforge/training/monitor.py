@@ -21,7 +21,7 @@ from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleW
 
 from ganforge.data.prepared import ImageTensorDataset, PreparedSplit
 from ganforge.errors import UserError
-from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR, UInt8Generator
+from ganforge.evaluation.fidelity import UInt8Generator, fidelity_kwargs
 from ganforge.images import grid_image, to_uint8
 
 
@@ -60,13 +60,7 @@ class InLoopFID:
             cache_root=self._cache.name,
             cache=True,
             fid=True,
-            feature_extractor=DOMAIN_EXTRACTOR,
-            feature_extractor_weights_path=str(self.featurizer_path),
-            batch_size=min(250, self.num_samples),
-            rng_seed=self.seed,
-            cuda=False,
-            save_cpu_ram=True,
-            verbose=False,
+            **fidelity_kwargs("domain", self.featurizer_path, min(250, self.num_samples), self.seed),
         )
         return float(raw[torch_fidelity.KEY_METRIC_FID])
 
