@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint clean bench-budget bench-data bench-train bench-quality bench-eval bench-optimize
+.PHONY: install repro test lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
+	bench-optimize bench-optimize-cifar bench-serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +25,21 @@ install: $(VENV)/.installed
 repro: install
 	dvc repro
 
-## Install the test tools and run the linter and the test suite.
-test: $(VENV)/.installed-test lint
+## Install the test tools (and Chromium, for the page test) and run the linter and the test suite.
+test: $(VENV)/.installed-test browser lint
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
 	exit $$status
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src stages tests benchmarks
+
+## Debian's Chromium for the headless page test of `ganforge serve` (CI requires it; elsewhere the test skips).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium not installed: the browser test of ganforge serve will be skipped" >&2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
@@ -59,3 +67,11 @@ bench-eval: $(VENV)/.installed-test
 ## Measure every optimize variant side by side (incl. torch.compile) against the speed and GEMM-ceiling targets.
 bench-optimize: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/optimize_speed.py
+
+## The optimize stage on CIFAR-10 from a 30-minute lite generator (needs ../shared/datasets) into docs/benchmarks.md.
+bench-optimize-cifar: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/optimize_cifar.py
+
+## Load test of ganforge serve on loopback (n=16 grids, 1 and 8 clients) into docs/benchmarks.md.
+bench-serve: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/serve_load.py

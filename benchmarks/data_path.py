@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from measure import REPO, machine, machine_line, timed, write_doc_section
+from measure import REPO, machine, machine_line, save_results, timed, write_doc_section
 
 RESULTS = REPO / "bench/data_path.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -87,10 +87,7 @@ def main() -> None:
     for part in results["data_path"].values():
         if isinstance(part, dict):
             part["images"] = list(part["images"])
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    render(results)
-    print(json.dumps(results, indent=2))
+    save_results(RESULTS, results, render)
 
 
 def render(results: dict) -> None:

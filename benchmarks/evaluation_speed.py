@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 from data_path import prepare_archive
-from measure import REPO, machine, machine_line, timed, write_doc_section
+from measure import REPO, machine, machine_line, save_results, timed, write_doc_section
 
 RESULTS = REPO / "bench/evaluation_speed.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -141,10 +140,7 @@ def main() -> None:
             results["cifar10"] = cifar(args.archive, work / "cifar", args.featurizer_epochs, args.samples)
         else:
             print(f"{args.archive} not found: skipping the CIFAR-10 FID timing", flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    render(results)
-    print(json.dumps(results, indent=2))
+    save_results(RESULTS, results, render)
 
 
 def _verdict(value: float, target: float, at_most: bool) -> str:

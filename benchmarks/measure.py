@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -71,3 +73,11 @@ def write_doc_section(name: str, lines: list[str]) -> None:
     else:
         text += "\n" + section + "\n"
     DOC.write_text(text)
+
+
+def save_results(path: Path, results: dict, render: Callable[[dict], None]) -> None:
+    """Write the raw results JSON, regenerate the benchmark's section of docs/benchmarks.md, print a summary."""
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    render(results)
+    print(json.dumps({k: v for k, v in results.items() if k not in ("rows", "layer_profile_batch256")}, indent=2))

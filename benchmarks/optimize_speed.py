@@ -16,13 +16,12 @@ Results go to bench/optimize_speed.json and the generated section of docs/benchm
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
-from measure import REPO, machine, machine_line, write_doc_section
+from measure import REPO, machine, machine_line, save_results, write_doc_section
 
 RESULTS = REPO / "bench/optimize_speed.json"
 EXTRA_VARIANTS = ("fused+compiled", "pruned+bf16+compiled")
@@ -31,8 +30,10 @@ TARGETS = {"speedup_vs_seed_fp32": 10.0, "fid_ratio": 1.1, "ceiling_fraction": 0
 
 def run(work: Path) -> dict:
     from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig, config_from_dict
+    from ganforge.models import load_generator
+    from ganforge.models.registry import trained_generator_path
     from ganforge.optimization.optimize import optimize
-    from ganforge.optimization.variants import variant_steps
+    from ganforge.optimization.variants import Recipe, build_variant, variant_steps
 
     if not (REPO / "models/train/checkpoint.pt").is_file() or not (REPO / "models/reference").is_dir():
         sys.exit("pipeline outputs missing: run `dvc repro` first")
@@ -49,6 +50,9 @@ def run(work: Path) -> dict:
                        work / "optimized", work / "optimize.json", work / "optimize.csv")
     rows = metrics["variants"]
     baseline, winner = rows["fp32"], rows[metrics["winner"]]
+    teacher, spec = load_generator(trained_generator_path(REPO / "models/train", load(EvaluateConfig).generator))
+    profiles = {name: layer_profile(build_variant(Recipe(name), teacher, spec.z_dim), spec.z_dim, 256)
+                for name in ("fp32", "fused")}
     fp32_unpruned = {name: row for name, row in rows.items()
                      if not (set(variant_steps(name)) & {"pruned", "int8", "bf16", "fp16"})}
     best_fp32 = max(fp32_unpruned, key=lambda name: rows[name]["img_per_s_batch256"])
@@ -59,8 +63,49 @@ def run(work: Path) -> dict:
         "winner_speedup_batch256": winner["img_per_s_batch256"] / baseline["img_per_s_batch256"],
         "winner_fid_ratio": winner["fid"] / baseline["fid"],
         "best_unpruned_fp32": best_fp32, "best_unpruned_fp32_ceiling_fraction": rows[best_fp32]["ceiling_fraction"],
-        "distillation": metrics.get("distillation"), "rows": rows,
+        "distillation": metrics.get("distillation"), "rows": rows, "layer_profile_batch256": profiles,
     }
+
+
+def layer_profile(module, z_dim: int, batch: int, repeats: int = 20) -> list[dict]:
+    """Where a float generator's time goes at ``batch``: per leaf module, the median milliseconds (timed by
+    forward hooks), its FLOPs (torch's FlopCounterMode) and the GFLOP/s it achieves."""
+    import statistics
+    import time
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    leaves = {name: m for name, m in module.named_modules() if not list(m.children())}
+    z = torch.randn(batch, z_dim, generator=torch.Generator().manual_seed(0))  # (batch, z_dim)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        module(z)
+    flops = {name: sum(counts.values()) for name, counts in counter.get_flop_counts().items()}
+    root = type(module).__name__
+    samples: dict[str, list[float]] = {name: [] for name in leaves}
+    started: dict[str, float] = {}
+    handles = []
+    for name, leaf in leaves.items():
+        handles.append(leaf.register_forward_pre_hook(
+            lambda _m, _i, n=name: started.__setitem__(n, time.perf_counter())))
+        handles.append(leaf.register_forward_hook(
+            lambda _m, _i, _o, n=name: samples[n].append(time.perf_counter() - started[n])))
+    with torch.inference_mode():
+        for _ in range(3):
+            module(z)
+        for samples_of in samples.values():
+            samples_of.clear()
+        for _ in range(repeats):
+            module(z)
+    for handle in handles:
+        handle.remove()
+    rows = []
+    for name, leaf in leaves.items():
+        ms = statistics.median(samples[name]) * 1000
+        layer_flops = flops.get(f"{root}.{name}", 0)
+        rows.append({"layer": name, "type": type(leaf).__name__, "ms": ms, "mflop": layer_flops / 1e6,
+                     "gflops": layer_flops / ms / 1e6 if ms > 0 else 0.0})
+    return rows
 
 
 def _verdict(met: bool) -> str:
@@ -95,16 +140,25 @@ def render(results: dict) -> None:
                      f"{r['build_s']:.1f} |")
     for name, why in results["skipped"].items():
         lines.append(f"| `{name}` | skipped: {why} |||||||||||| ")
+    fp32, fused = (results["layer_profile_batch256"][name] for name in ("fp32", "fused"))
+    gemm = results["gemm_gflops"]
+    lines += ["", "Where the unpruned generator's time goes at batch 256 (each leaf module timed by forward hooks, "
+              "median of 20; FLOPs from FlopCounterMode):", "",
+              "| layer | fp32 module | MFLOP | `fp32` ms | `fused` module | `fused` ms | `fused` GFLOP/s "
+              "| of ceiling |",
+              "|---|---|---|---|---|---|---|---|"]
+    by_name = {row["layer"]: row for row in fused}
+    for row in fp32:
+        other = by_name.get(row["layer"], {"type": "—", "ms": 0.0, "gflops": 0.0})
+        lines.append(f"| `{row['layer']}` | {row['type']} | {row['mflop']:.0f} | {row['ms']:.2f} | {other['type']} | "
+                     f"{other['ms']:.2f} | {other['gflops']:.0f} | {other['gflops'] / gemm:.0%} |")
     write_doc_section("optimize", lines)
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = run(Path(tmp))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    render(results)
-    print(json.dumps({k: v for k, v in results.items() if k != "rows"}, indent=2))
+    save_results(RESULTS, results, render)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import REPO, machine, machine_line, timed, write_doc_section
+from measure import REPO, machine, machine_line, save_results, timed, write_doc_section
 
 RESULTS = REPO / "bench/pipeline_budget.json"
 
@@ -60,10 +60,7 @@ def main() -> None:
         print("timing the test suite ...", flush=True)
         results["test_suite"] = timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], REPO, env)
 
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    render(results)
-    print(json.dumps(results, indent=2))
+    save_results(RESULTS, results, render)
 
 
 def render(results: dict) -> None:

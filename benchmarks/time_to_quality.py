@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 from data_path import prepare_archive
-from measure import REPO, machine, machine_line, write_doc_section
+from measure import REPO, machine, machine_line, save_results, write_doc_section
 
 RESULTS = REPO / "bench/time_to_quality.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -89,10 +89,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results = run(args, work)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    render(results)
-    print(json.dumps(results, indent=2))
+    save_results(RESULTS, results, render)
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:

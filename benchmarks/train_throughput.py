@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from measure import REPO, machine, machine_line, write_doc_section
+from measure import REPO, machine, machine_line, save_results, write_doc_section
 
 RESULTS = REPO / "bench/train_throughput.json"
 ARCHS = ("seed", "dcgan", "lite")
@@ -78,10 +78,7 @@ def main() -> None:
     results["ddp"] = {"1_process_2_threads": summary(rates["1x2"]), "2_processes_1_thread": summary(rates["2x1"])}
     results["ddp"]["ratio"] = round(results["ddp"]["2_processes_1_thread"]["img_per_s"]
                                     / results["ddp"]["1_process_2_threads"]["img_per_s"], 2)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    render(results)
-    print(json.dumps(results, indent=2))
+    save_results(RESULTS, results, render)
 
 
 def render(results: dict) -> None:

@@ -100,9 +100,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
     from ganforge.data.prepare import prepare
     from ganforge.evaluation.evaluate import evaluate
     from ganforge.evaluation.features import train_featurizer
+    from ganforge.evaluation.protocol import make_protocol
     from ganforge.evaluation.reference import compute_reference
     from ganforge.optimization.optimize import optimize
-    from ganforge.packaging.package import write_package
+    from ganforge.packaging.build import write_package
     from ganforge.training.loop import train
 
     root = tmp_path_factory.mktemp("tiny_run")
@@ -128,7 +129,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
              run.evaluate_metrics, run.evaluate_grid, run.evaluate_nearest)
     optimize(c["optimize"], c["evaluate"], c["reference"], run.train_dir, run.featurizer, run.reference,
              run.optimized, run.optimize_metrics, run.optimize_table)
-    write_package(c["package"], run.optimized, run.package, run.package_metrics)
+    protocol = make_protocol(c["evaluate"], c["reference"], run.reference, run.featurizer)
+    write_package(c["package"], protocol, run.optimized, run.prepared, run.package, run.package_metrics)
     return run
 
 

@@ -39,6 +39,11 @@ def test_evaluate_metrics_and_protocol(tiny_run, tiny_configs):
     assert protocol["num_samples"] == tiny_configs["evaluate"].num_samples
     assert protocol["feature_extractor"] == "domain" and len(protocol["feature_extractor_sha256"]) == 64
     assert Image.open(tiny_run.evaluate_grid).size[0] >= 512
+    truncated = metrics["truncation"]
+    assert set(truncated) == {"psi_1", "psi_0_5"}  # evaluate.truncation_psis: [1.0, 0.5]
+    assert all(0 <= t["precision"] <= 1 and 0 <= t["recall"] <= 1 for t in truncated.values())
+    # Truncating harder gives up variety: recall falls (the fidelity/diversity trade truncation makes).
+    assert truncated["psi_0_5"]["recall"] <= truncated["psi_1"]["recall"] <= metrics["recall"] + 0.05
 
 
 def test_nearest_neighbour_grid_pairs_each_sample_with_training_images(tiny_run, tiny_configs):

@@ -5,21 +5,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from ganforge.cli import generate
 from ganforge.errors import UserError
 from ganforge.images import to_uint8
 from ganforge.latents import latents
 from ganforge.models import build_generator
 from ganforge.models.registry import load_weights, resize_to_state
 from ganforge.packaging.package import load_package, verify_package
+from ganforge.serving.generate import generate
 
-FILES = {"model.safetensors", "config.json", "generator.onnx", "samples.png", "manifest.json"}
+FILES = {"model.safetensors", "config.json", "generator.onnx", "samples.png", "README.md", "baseline.safetensors",
+         "baseline.onnx", "manifest.json"}
 
 
 def test_package_contents_and_manifest(tiny_run):
@@ -29,6 +31,90 @@ def test_package_contents_and_manifest(tiny_run):
     metrics = json.loads(tiny_run.package_metrics.read_text())
     sizes = [p.stat().st_size for p in tiny_run.package.iterdir() if p.name != "manifest.json"]
     assert metrics["package_bytes"] == sum(sizes)
+
+
+class _Payload:
+    """Unpickling this would create the file named by ``marker``: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_posing_as_weights_is_refused_and_never_run(package_copy, tmp_path):
+    import hashlib
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    weights = package_copy / "model.safetensors"
+    weights.write_bytes(pickle.dumps({"fc.0.weight": _Payload(str(marker))}))
+    manifest = json.loads((package_copy / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()  # hashes match
+    (package_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="model.safetensors: not a valid safetensors file"):
+        load_package(package_copy, "torch")
+    assert not marker.exists()
+
+
+def test_artifact_entry_and_manifest_provenance(tiny_run):
+    import yaml
+
+    dvc = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
+    artifact = dvc["artifacts"]["generator"]
+    assert artifact["path"] == "dist/generator" and artifact["type"] == "model"
+    manifest = json.loads((tiny_run.package / "manifest.json").read_text())
+    assert manifest["ganforge_version"] and "git_commit" in manifest
+    assert manifest["params"]["include_baseline"] is True and manifest["params"]["parity_max_fid_rel_diff"] > 0
+
+
+def test_model_card_and_parity_metrics(tiny_run, tiny_configs):
+    metrics = json.loads(tiny_run.package_metrics.read_text())
+    report = json.loads((tiny_run.optimized / "optimize.json").read_text())
+    winner = report["winner"]
+    assert metrics["variant"] == winner and metrics["evaluated_fid"] == report["variants"][winner]["fid"]
+    assert metrics["fid_rel_diff"] <= tiny_configs["package"].parity_max_fid_rel_diff
+    assert metrics["onnx_max_abs_diff"] <= tiny_configs["package"].parity_max_abs_diff
+    card = (tiny_run.package / "README.md").read_text()
+    assert "![samples from this package](samples.png)" in card
+    counts = json.loads((tiny_run.prepared / "manifest.json").read_text())["counts"]
+    assert "source: `digits`" in card and f"{counts['train']:,} train, {counts['test']:,} held out" in card
+    assert f"| `{winner}` (this package) |" in card  # the optimize speed table, winner marked
+    assert f"{report['variants'][winner]['fid']:.4g}" in card and "torch-fidelity 0.4.0" in card
+    assert f"FID {metrics['onnx_fid']:.4f}" in card
+
+
+def test_a_failed_fid_parity_gate_keeps_the_previous_package(tiny_run, tiny_configs, tiny_protocol, tmp_path):
+    import shutil
+
+    from ganforge.files import read_json, write_json
+    from ganforge.packaging.build import write_package
+
+    optimized = Path(shutil.copytree(tiny_run.optimized, tmp_path / "optimized"))
+    package = Path(shutil.copytree(tiny_run.package, tmp_path / "package"))
+    before = {p.name: p.read_bytes() for p in package.iterdir()}
+    report = read_json(optimized / "optimize.json")
+    report["variants"][report["winner"]]["fid"] *= 1.5  # as if the evaluated model were another one
+    write_json(optimized / "optimize.json", report)
+    with pytest.raises(UserError, match="FID parity failed.*package.parity_max_fid_rel_diff"):
+        write_package(tiny_configs["package"], tiny_protocol, optimized, tiny_run.prepared, package,
+                      tmp_path / "package.json")
+    assert {p.name: p.read_bytes() for p in package.iterdir()} == before
+    assert not (tmp_path / "package.json").exists()
+
+
+def test_the_packaged_baseline_is_the_trained_generator(tiny_run):
+    from ganforge.models import load_generator
+
+    trained, spec = load_generator(tiny_run.optimized / "baseline.safetensors")
+    z = latents(2, 0, 6, spec.z_dim)
+    with torch.no_grad():
+        expected = to_uint8(trained.eval()(z))
+    for runtime in ("torch", "onnxruntime"):
+        baseline = load_package(tiny_run.package, runtime, model="baseline")
+        assert baseline.recipe.variant == "fp32"
+        assert (baseline.generate(z).int() - expected.int()).abs().max() <= 1
 
 
 def test_onnx_matches_the_float_weights_and_torch_runtime_is_close(tiny_run):
@@ -98,21 +184,26 @@ def test_latents_do_not_depend_on_chunking():
     assert not torch.equal(latents(2, 0, 5, 4), whole[:5])
 
 
-def test_a_pruned_winner_packages_and_loads_with_its_smaller_shapes(tiny_run, tiny_configs, tmp_path):
+def test_a_pruned_winner_packages_and_loads_with_its_smaller_shapes(tiny_run, tiny_configs, tiny_protocol,
+                                                                    tmp_path):
     import dataclasses
+    import shutil
 
-    from ganforge.files import write_json
+    from ganforge.files import read_json, write_json
     from ganforge.models import load_generator, save_generator
     from ganforge.optimization.pruning import prune_generator
-    from ganforge.packaging.package import write_package
+    from ganforge.packaging.build import write_package
 
     generator, spec = load_generator(tiny_run.train_dir / "generator.safetensors")
     pruned = prune_generator(generator, spec.z_dim, 0.5, "l1")
-    optimized = tmp_path / "optimized"
-    optimized.mkdir()
+    optimized = Path(shutil.copytree(tiny_run.optimized, tmp_path / "optimized"))
     save_generator(pruned, dataclasses.replace(spec, pruned=True), optimized / "generator.safetensors")
     write_json(optimized / "recipe.json", {"variant": "pruned+fused", "prune_ratio": 0.5})
-    write_package(tiny_configs["package"], optimized, tmp_path / "package", tmp_path / "package.json")
+    report = read_json(optimized / "optimize.json")
+    report["variants"]["pruned+fused"] = report["variants"]["fp32"]  # not its FID: the FID gate is widened
+    write_json(optimized / "optimize.json", report)
+    cfg = dataclasses.replace(tiny_configs["package"], parity_max_fid_rel_diff=1e6)
+    write_package(cfg, tiny_protocol, optimized, tiny_run.prepared, tmp_path / "package", tmp_path / "package.json")
     z = latents(0, 0, 4, spec.z_dim)
     with torch.no_grad():
         expected = to_uint8(pruned(z)).int()

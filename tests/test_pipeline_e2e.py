@@ -69,7 +69,7 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
     [("src/ganforge/packaging/onnx.py", {"optimize", "package"}),
      ("src/ganforge/data/decode.py", {"prepare"}),
      ("src/ganforge/training/losses.py", {"train", "optimize"}),  # optimize's distillation uses G's loss
-     ("src/ganforge/evaluation/reference.py", {"reference", "evaluate", "optimize"})],
+     ("src/ganforge/evaluation/reference.py", {"reference", "evaluate", "optimize", "package"})],
 )
 def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected):
     root, _ = repo

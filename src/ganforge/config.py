@@ -257,6 +257,8 @@ class EvaluateConfig(StageConfig):
         speed_repeats: timed repeats of each speed measurement; the median is reported.
         nearest_count: generated images in the nearest-neighbour grid, each beside its closest training
             images in feature space (a memorisation check).
+        truncation_psis: latent truncations (normal truncated at ±psi) at which precision and recall are
+            reported too: smaller psi trades diversity (recall) for fidelity (precision).
     """
 
     SECTION: ClassVar[str] = "evaluate"
@@ -271,6 +273,7 @@ class EvaluateConfig(StageConfig):
     speed_batch: int = _param(256, ge=1, le=65536)
     speed_repeats: int = _param(10, ge=1)
     nearest_count: int = _param(8, ge=1, le=64)
+    truncation_psis: tuple[float, ...] = _param((1.0, 0.5), gt=0.0)
 
 
 @dataclass(frozen=True)
@@ -328,7 +331,10 @@ class PackageConfig(StageConfig):
         onnx_opset: ONNX opset of the export.
         parity_batch: latents used to compare ONNX Runtime with PyTorch.
         parity_max_abs_diff: largest allowed |onnx - torch| in output units ([-1, 1] images).
+        parity_max_fid_rel_diff: largest allowed relative gap between the ONNX model's FID (re-scored under
+            the evaluate protocol) and the FID the optimize stage measured for the winner.
         grid_size: images in the package's sample grid.
+        include_baseline: also package the trained (unoptimized) generator, as ``baseline.*``.
     """
 
     SECTION: ClassVar[str] = "package"
@@ -337,7 +343,9 @@ class PackageConfig(StageConfig):
     onnx_opset: int = _param(17, ge=11, le=23)
     parity_batch: int = _param(16, ge=1)
     parity_max_abs_diff: float = _param(1e-3, gt=0.0)
+    parity_max_fid_rel_diff: float = _param(0.01, gt=0.0)
     grid_size: int = _param(64, ge=1, le=1024)
+    include_baseline: bool = False
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {

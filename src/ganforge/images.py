@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -36,15 +37,25 @@ def grid_image(images: torch.Tensor, min_width_px: int = 512, nrow: int | None =
     at least ``min_width_px``."""
     assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
     nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    grid = make_grid(images, nrow=nrow, padding=1, pad_value=255)  # (C, H', W')
-    array = grid.permute(1, 2, 0).numpy()  # (H', W', C)
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
-    image = Image.fromarray(np.ascontiguousarray(array))
+    image = pil_image(make_grid(images, nrow=nrow, padding=1, pad_value=255))  # grid (C, H', W')
     scale = max(1, math.ceil(min_width_px / image.width))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     return image
+
+
+def pil_image(image: torch.Tensor) -> Image.Image:
+    """One uint8 image (C, H, W) as a PIL image (greyscale for one channel)."""
+    assert image.dtype == torch.uint8 and image.ndim == 3, (image.dtype, image.shape)
+    array = image.permute(1, 2, 0).numpy()  # (H, W, C)
+    return Image.fromarray(np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG (deterministic: the same pixels give the same bytes)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def save_pngs(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -> list[Path]:
@@ -53,11 +64,8 @@ def save_pngs(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, img in enumerate(images):
-        array = img.permute(1, 2, 0).numpy()
-        if array.shape[2] == 1:
-            array = array[:, :, 0]
         path = out_dir / f"{start_index + i:06d}.png"
         with atomic_path(path) as tmp:
-            Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+            pil_image(img).save(tmp, format="PNG")
         paths.append(path)
     return paths

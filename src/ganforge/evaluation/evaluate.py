@@ -12,7 +12,7 @@ import torch
 from ganforge.config import EvaluateConfig, ReferenceConfig
 from ganforge.data.prepared import load_split
 from ganforge.evaluation.features import load_featurizer
-from ganforge.evaluation.protocol import make_protocol, score_generator, score_real_floor
+from ganforge.evaluation.protocol import make_protocol, psi_key, score_generator, score_real_floor, score_truncation
 from ganforge.files import write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.models import load_generator
@@ -54,6 +54,8 @@ def evaluate(cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str
     protocol = make_protocol(cfg, reference_cfg, reference_dir, featurizer_path)
     metrics: dict[str, Any] = score_generator(generator, spec.z_dim, protocol)
     metrics |= score_real_floor(protocol)
+    metrics["truncation"] = {psi_key(psi): score_truncation(generator, spec.z_dim, protocol, psi)
+                             for psi in cfg.truncation_psis}
     at_batch = time_generators({"g": generator}, spec.z_dim, cfg.speed_batch, 3, cfg.speed_repeats, cfg.seed)["g"]
     at_one = time_generators({"g": generator}, spec.z_dim, 1, 3, cfg.speed_repeats, cfg.seed)["g"]
     metrics |= {"img_per_s": at_batch.img_per_s, "img_per_s_min": at_batch.img_per_s_min,

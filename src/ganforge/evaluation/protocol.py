@@ -20,6 +20,7 @@ from ganforge.config import EvaluateConfig, ReferenceConfig
 from ganforge.errors import UserError
 from ganforge.evaluation.fidelity import UInt8Generator
 from ganforge.evaluation.reference import ReferenceStats, load_reference
+from ganforge.latents import Truncated
 
 
 @dataclass(frozen=True)
@@ -69,19 +70,24 @@ def make_protocol(cfg: EvaluateConfig, reference_cfg: ReferenceConfig, reference
     return Protocol(cfg, reference)
 
 
-def score_generator(generator: nn.Module, z_dim: int, protocol: Protocol) -> dict[str, float]:
-    """FID, KID, IS and precision/recall of ``generator`` (z (B, z_dim) -> [-1, 1] images) under ``protocol``."""
+def _calculate(generator: nn.Module, z_dim: int, protocol: Protocol, **metrics: bool) -> dict[str, Any]:
+    """torch-fidelity's metrics of ``generator`` against the cached reference split."""
     wrapped = GenerativeModelModuleWrapper(UInt8Generator(generator, protocol.reference.rgb), z_dim, "normal", 0)
     name = protocol.reference.cache_name(protocol.reference.split)
-    raw = torch_fidelity.calculate_metrics(
+    return torch_fidelity.calculate_metrics(
         input1=wrapped,
         input1_model_num_samples=protocol.cfg.num_samples,
         input2=name, input2_cache_name=name,  # cached by the reference stage: never re-extracted
-        fid=True, kid=True, isc=True, prc=True,
         kid_subset_size=protocol.cfg.kid_subset_size,
         kid_subsets=protocol.cfg.kid_subsets,
+        **metrics,
         **protocol._kwargs(),
     )
+
+
+def score_generator(generator: nn.Module, z_dim: int, protocol: Protocol) -> dict[str, float]:
+    """FID, KID, IS and precision/recall of ``generator`` (z (B, z_dim) -> [-1, 1] images) under ``protocol``."""
+    raw = _calculate(generator, z_dim, protocol, fid=True, kid=True, isc=True, prc=True)
     return {
         "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),
         "kid_mean": float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
@@ -91,6 +97,18 @@ def score_generator(generator: nn.Module, z_dim: int, protocol: Protocol) -> dic
         "precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
         "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
     }
+
+
+def score_truncation(generator: nn.Module, z_dim: int, protocol: Protocol, psi: float) -> dict[str, float]:
+    """Precision and recall of ``generator`` fed latents truncated at ±``psi`` (fidelity against diversity)."""
+    raw = _calculate(Truncated(generator, psi), z_dim, protocol, prc=True)
+    return {"precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
+            "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL])}
+
+
+def psi_key(psi: float) -> str:
+    """Metrics key of a truncation: ``psi_1``, ``psi_0_5`` (no dots, which dvc metrics uses as separators)."""
+    return "psi_" + f"{psi:g}".replace(".", "_")
 
 
 def score_onnx_generator(path: str | Path, z_dim: int, protocol: Protocol) -> dict[str, float]:

@@ -29,6 +29,7 @@ from ganforge.optimization.benchmark import (
     serialized_bytes,
     time_generators,
 )
+from ganforge.optimization.outputs import BASELINE_FILE, RECIPE_FILE, REPORT_FILE, WINNER_FILE
 from ganforge.optimization.pruning import distill, prune_generator, trained_discriminator
 from ganforge.optimization.select import fid_budget, select_winner
 from ganforge.optimization.variants import (
@@ -50,8 +51,9 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
              table_path: str | Path) -> dict[str, Any]:
     """Measure every variant in ``cfg.variants`` (plus the fp32 baseline) and write the winner to ``out_dir``.
 
-    ``out_dir`` receives the winner's float weights (pruned ones with their smaller shapes) and
-    ``recipe.json``; the metrics JSON records every variant's measurements, and the CSV table holds one row
+    ``out_dir`` receives the winner's float weights (pruned ones with their smaller shapes), the trained
+    baseline's, ``recipe.json`` and ``optimize.json`` (these metrics with the scoring protocol); the metrics
+    JSON records every variant's measurements, and the CSV table holds one row
     per variant for ``dvc plots``.
     """
     names = [BASELINE] + [v for v in dict.fromkeys(cfg.variants) if v != BASELINE]
@@ -116,11 +118,6 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
     winner = select_winner({n: r["img_per_s"] for n, r in rows.items()}, {n: r["fid"] for n, r in rows.items()},
                            BASELINE, budget)
 
-    with atomic_dir(out_dir) as tmp:
-        save_generator(bases[winner], dataclasses.replace(spec, pruned="pruned" in steps[winner]),
-                       tmp / "generator.safetensors")
-        write_json(tmp / "recipe.json", recipe(winner, cfg).to_dict())
-
     metrics = {
         "winner": winner,
         "winner_speedup": rows[winner]["speedup"],
@@ -137,6 +134,14 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
         "variants": rows,
         **notes,
     }
+    # The package stage reads everything it needs from here: the winner, the trained baseline beside it, and
+    # these measurements (its model card's speed table and the FID its ONNX export must reproduce).
+    with atomic_dir(out_dir) as tmp:
+        save_generator(bases[winner], dataclasses.replace(spec, pruned="pruned" in steps[winner]),
+                       tmp / WINNER_FILE)
+        save_generator(teacher, spec, tmp / BASELINE_FILE)
+        write_json(tmp / RECIPE_FILE, recipe(winner, cfg).to_dict())
+        write_json(tmp / REPORT_FILE, metrics | {"protocol": protocol.describe()})
     write_json(metrics_path, metrics)
     write_table(table_path, rows)
     return metrics

@@ -1,4 +1,4 @@
-"""The generator package: weights, config, ONNX, model card pieces and a hash manifest.
+"""The generator package: its layout, and loading it with every hash verified (see ``build`` for writing it).
 
 Layout of ``dist/generator/``::
 
@@ -6,14 +6,17 @@ Layout of ``dist/generator/``::
     config.json         generator spec, optimize recipe, output convention
     generator.onnx      BN-folded float graph, dynamic batch
     samples.png         a grid from fixed latents
+    README.md           the model card: training data, metrics and their protocol, speed table, samples
+    baseline.*          the trained generator's weights and ONNX, with ``package.include_baseline``
     manifest.json       sha256 of every other file, ganforge version, git commit, params
 
+The package stage gates on parity: the ONNX export must match PyTorch pixel for pixel (within a tolerance)
+and, re-scored by torch-fidelity under the evaluate protocol, reproduce the FID the optimize stage measured.
 Loading verifies every hash and refuses missing or extra files; the module is rebuilt from config.json.
 """
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,21 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganforge import __version__
-from ganforge.config import PackageConfig, config_to_dict
 from ganforge.errors import UserError
-from ganforge.files import atomic_dir, read_json, sha256_file, write_json
-from ganforge.images import save_grid, to_uint8
-from ganforge.latents import latents
-from ganforge.models import GeneratorSpec, load_generator
-from ganforge.models.registry import build_generator, load_state, load_weights, resize_to_state, save_weights
-from ganforge.optimization.variants import Recipe, build_variant, fold_batchnorm
-from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
+from ganforge.files import read_json, sha256_file
+from ganforge.images import to_uint8
+from ganforge.models import GeneratorSpec
+from ganforge.models.registry import build_generator, load_state, load_weights, resize_to_state
+from ganforge.optimization.variants import Recipe, build_variant
+from ganforge.packaging.onnx import onnx_session, run_onnx
 
 MANIFEST = "manifest.json"
-WEIGHTS, CONFIG, ONNX, SAMPLES = "model.safetensors", "config.json", "generator.onnx", "samples.png"
+WEIGHTS, CONFIG, ONNX, SAMPLES, CARD = "model.safetensors", "config.json", "generator.onnx", "samples.png", "README.md"
+BASELINE_WEIGHTS, BASELINE_ONNX = "baseline.safetensors", "baseline.onnx"
 FORMAT = "ganforge-generator"
 RUNTIMES = ("torch", "onnxruntime")
+MODELS = ("winner", "baseline")
 
 
 @dataclass
@@ -46,7 +48,8 @@ class GeneratorPackage:
         path: package directory.
         spec: generator spec from config.json.
         recipe: optimize recipe applied to the float weights for the torch runtime.
-        runtime: ``torch`` (the recipe's variant) or ``onnxruntime`` (generator.onnx).
+        runtime: ``torch`` (the recipe's variant) or ``onnxruntime`` (the ONNX graph).
+        model: ``winner`` (the optimized generator) or ``baseline`` (the trained one, when packaged).
         torch_module: the rebuilt variant, for the torch runtime.
         onnx_session: an ONNX Runtime session, for the onnxruntime runtime.
     """
@@ -55,6 +58,7 @@ class GeneratorPackage:
     spec: GeneratorSpec
     recipe: Recipe
     runtime: str
+    model: str = "winner"
     torch_module: nn.Module | None = None
     onnx_session: Any = None
 
@@ -65,64 +69,6 @@ class GeneratorPackage:
         if self.onnx_session is not None:
             return to_uint8(run_onnx(self.onnx_session, z))
         return to_uint8(self.torch_module(z))
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def write_package(cfg: PackageConfig, optimized_dir: str | Path, out_dir: str | Path,
-                  metrics_path: str | Path) -> dict[str, Any]:
-    """Build the package from the optimize stage's winner, check ONNX parity, and write it atomically."""
-    optimized_dir = Path(optimized_dir)
-    generator, spec = load_generator(optimized_dir / "generator.safetensors")
-    recipe = Recipe.from_dict(read_json(optimized_dir / "recipe.json"), source=str(optimized_dir / "recipe.json"))
-    folded = fold_batchnorm(generator)
-    z = latents(cfg.seed, 0, cfg.parity_batch, spec.z_dim)  # (parity_batch, z_dim)
-
-    with atomic_dir(out_dir) as tmp:
-        save_weights(generator, tmp / WEIGHTS, {"spec": spec.to_dict()})
-        write_json(tmp / CONFIG, {
-            "format": FORMAT,
-            "generator": spec.to_dict(),
-            "recipe": recipe.to_dict(),
-            "output": {"range": [-1.0, 1.0], "to_uint8": "round((x + 1) * 127.5)", "layout": "NCHW"},
-            "onnx": {"file": ONNX, "graph": "batchnorm-folded float32", "input": "z", "output": "images"},
-        })
-        export_onnx(folded, spec.z_dim, tmp / ONNX, cfg.onnx_opset)
-        with torch.inference_mode():
-            torch_out = folded(z)
-        onnx_out = run_onnx(onnx_session(tmp / ONNX), z)
-        max_abs_diff = float((onnx_out - torch_out).abs().max())
-        if max_abs_diff > cfg.parity_max_abs_diff:
-            raise UserError(f"ONNX parity failed: max |onnx - torch| = {max_abs_diff:.3g} exceeds "
-                            f"package.parity_max_abs_diff = {cfg.parity_max_abs_diff}")
-        with torch.inference_mode():
-            grid_images = to_uint8(build_variant(recipe, generator, spec.z_dim, runtime=False)(
-                latents(cfg.seed, 0, cfg.grid_size, spec.z_dim)))
-        save_grid(grid_images, tmp / SAMPLES)
-        files = sorted(p.name for p in tmp.iterdir())
-        manifest = {
-            "format": FORMAT,
-            "ganforge_version": __version__,
-            "git_commit": _git_commit(),
-            "files": {name: sha256_file(tmp / name) for name in files},
-            "params": config_to_dict(cfg),
-        }
-        write_json(tmp / MANIFEST, manifest)
-
-    metrics = {
-        "onnx_max_abs_diff": max_abs_diff,
-        "variant": recipe.variant,
-        "package_bytes": sum((Path(out_dir) / name).stat().st_size for name in files),
-        "onnx_bytes": (Path(out_dir) / ONNX).stat().st_size,
-    }
-    write_json(metrics_path, metrics)
-    return metrics
 
 
 def verify_package(path: str | Path) -> dict[str, Any]:
@@ -149,24 +95,33 @@ def verify_package(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_package(path: str | Path, runtime: str = "torch") -> GeneratorPackage:
-    """Verify a package and load it for ``runtime`` (``torch`` or ``onnxruntime``). Nothing is unpickled."""
+def load_package(path: str | Path, runtime: str = "torch", model: str = "winner") -> GeneratorPackage:
+    """Verify a package and load its ``model`` (``winner``, or ``baseline`` when packaged) for ``runtime``
+    (``torch`` or ``onnxruntime``). Nothing is unpickled: the module is rebuilt from config.json."""
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if model not in MODELS:
+        raise UserError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
     path = Path(path)
     verify_package(path)
     config = read_json(path / CONFIG)
     if not isinstance(config, dict):
         raise UserError(f"{path / CONFIG}: expected a JSON object")
-    spec = GeneratorSpec.from_dict(config.get("generator"), source=f"{path / CONFIG}: generator")
     recipe = Recipe.from_dict(config.get("recipe"), source=f"{path / CONFIG}: recipe")
+    weights, onnx_file, source = WEIGHTS, ONNX, config.get("generator")
+    if model == "baseline":
+        if not isinstance(config.get("baseline"), dict):
+            raise UserError(f"{path}: this package holds no baseline (set package.include_baseline: true)")
+        recipe = Recipe("fp32")  # the trained generator as evaluated: eager float
+        weights, onnx_file, source = BASELINE_WEIGHTS, BASELINE_ONNX, config["baseline"].get("generator")
+    spec = GeneratorSpec.from_dict(source, source=f"{path / CONFIG}: {model} generator")
     if runtime == "onnxruntime":
-        return GeneratorPackage(path, spec, recipe, runtime, onnx_session=onnx_session(path / ONNX))
+        return GeneratorPackage(path, spec, recipe, runtime, model, onnx_session=onnx_session(path / onnx_file))
     generator = build_generator(spec)
-    state = load_weights(path / WEIGHTS)
+    state = load_weights(path / weights)
     if spec.pruned:
         resize_to_state(generator, state)
-    load_state(generator, state, path / WEIGHTS)
+    load_state(generator, state, path / weights)
     # The torch runtime is the recipe's eager module; its runtime step (compiled, onnxruntime) is left out.
     module = build_variant(recipe, generator.eval(), spec.z_dim, runtime=False)
-    return GeneratorPackage(path, spec, recipe, runtime, torch_module=module)
+    return GeneratorPackage(path, spec, recipe, runtime, model, torch_module=module)

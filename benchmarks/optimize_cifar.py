@@ -1,0 +1,154 @@
+"""The optimize stage on real data: CIFAR-10 at 32x32, from a ``lite`` generator trained for 30 minutes.
+
+    python benchmarks/optimize_cifar.py [--work DIR] [--minutes 30] [--prune-ratio 0.5]
+
+It prepares the CIFAR-10 JPEG archive from ../shared/datasets/, trains the domain featurizer on it, computes
+the reference statistics, trains ``lite`` (the params.yaml train settings) for ``--minutes`` of wall time and
+then runs the optimize library function on it: every variant timed side by side in one run, each scored by
+the evaluate protocol. The target: a pruned or quantized variant gives 3x or more the images/s of that
+generator in eager fp32 at batch 256, with FID no more than 10% higher.
+
+A ``--work`` directory that already holds a step's output (for example the ``lite`` run that
+``benchmarks/time_to_quality.py --work DIR`` trained) is reused rather than redone; the page says so.
+Results go to bench/optimize_cifar.json and the generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from data_path import prepare_archive
+from measure import REPO, machine, machine_line, save_results, write_doc_section
+from time_to_quality import DEFAULT_ARCHIVE, _configs
+
+RESULTS = REPO / "bench/optimize_cifar.json"
+VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8", "pruned+bf16",
+            "pruned+bf16+compiled", "pruned+onnxruntime")
+COMPRESSING_STEPS = {"pruned", "int8"}  # "a pruned or quantized variant"
+TARGETS = {"speedup_vs_lite_fp32": 3.0, "fid_ratio": 1.1}
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    import torch
+
+    from ganforge.config import OptimizeConfig, config_from_dict
+    from ganforge.evaluation.features import train_featurizer
+    from ganforge.evaluation.reference import compute_reference
+    from ganforge.optimization.optimize import optimize
+    from ganforge.optimization.variants import variant_steps
+    from ganforge.training.loop import train
+
+    train_cfg, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("lite", args.fid_interval_kimg,
+                                                                       args.fid_samples)
+    reused = []
+    if (work / "prepared/manifest.json").is_file():
+        reused.append("prepared data")
+    else:
+        print("preparing CIFAR-10 ...", flush=True)
+        prepare_archive(args.archive, work)
+    if (work / "featurizer.safetensors").is_file():
+        reused.append("featurizer")
+    else:
+        featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
+        print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
+        train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
+    print("reference statistics ...", flush=True)  # always recomputed: cheap, and tied to this code's versions
+    compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
+                      work / "reference-metrics.json")
+    lite_dir = work / "lite"
+    if (lite_dir / "train/generator-best.safetensors").is_file():
+        reused.append("lite generator")
+    else:
+        print(f"training lite for {args.minutes} min ...", flush=True)
+        result = train(train_cfg, work / "prepared", lite_dir / "train", lite_dir / "live",
+                       featurizer_path=work / "featurizer.safetensors", time_limit_s=args.minutes * 60)
+        (lite_dir / "result.json").write_text(json.dumps({"kimg": result.cur_nimg / 1000,
+                                                          "train_img_per_s": result.train_img_per_s}))
+    trained = json.loads((lite_dir / "result.json").read_text())
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    cfg = config_from_dict(OptimizeConfig, {k: params[k] for k in OptimizeConfig.TOP_LEVEL} | params["optimize"])
+    cfg = dataclasses.replace(cfg, variants=tuple(args.variants), prune_ratio=args.prune_ratio,
+                              finetune_kimg=args.finetune_kimg, speed_batches=tuple(sorted({*cfg.speed_batches, 256})))
+    print(f"optimizing {len(args.variants) + 1} variants ...", flush=True)
+    metrics = optimize(cfg, evaluate_cfg, reference_cfg, lite_dir / "train", work / "featurizer.safetensors",
+                       work / "reference", work / "optimized", work / "optimize.json", work / "optimize.csv")
+    rows = metrics["variants"]
+    baseline = rows["fp32"]
+    budget_fid = baseline["fid"] * TARGETS["fid_ratio"]
+    compressed = {name: row for name, row in rows.items() if set(variant_steps(name)) & COMPRESSING_STEPS}
+    within = {name: row for name, row in compressed.items() if row["fid"] <= budget_fid} or compressed
+    best = max(within, key=lambda name: within[name]["img_per_s_batch256"])
+    return {
+        "machine": machine() | {"torch_threads": torch.get_num_threads()}, "targets": TARGETS,
+        "minutes": args.minutes, "lite_kimg": trained["kimg"], "lite_train_img_per_s": trained["train_img_per_s"],
+        "reused": reused, "prune_ratio": args.prune_ratio, "finetune_kimg": args.finetune_kimg,
+        "winner": metrics["winner"],
+        "deploy_batch": metrics["batch"], "gemm_gflops": metrics["gemm_gflops"],
+        "best_compressed": best,
+        "best_compressed_speedup_batch256": rows[best]["img_per_s_batch256"] / baseline["img_per_s_batch256"],
+        "best_compressed_fid_ratio": rows[best]["fid"] / baseline["fid"],
+        "distillation": metrics.get("distillation"), "int8_float_layers": metrics.get("int8_float_layers"),
+        "skipped": metrics.get("skipped", {}), "rows": rows,
+    }
+
+
+def render(results: dict) -> None:
+    t, rows, d = results["targets"], results["rows"], results["distillation"]
+    speedup, fid_ratio = results["best_compressed_speedup_batch256"], results["best_compressed_fid_ratio"]
+    met = speedup >= t["speedup_vs_lite_fp32"] and fid_ratio <= t["fid_ratio"]
+    reused = (f" Reused from an earlier run in the same work directory: {', '.join(results['reused'])}."
+              if results["reused"] else "")
+    lines = [machine_line(results["machine"]), "",
+             f"`lite` (width 1.0) trained on CIFAR-10 at 32×32 for {results['minutes']:.0f} minutes of wall time "
+             f"({results['lite_kimg']:.0f} kimg), then every variant timed side by side in one run "
+             f"({results['machine']['torch_threads']} threads, median of interleaved repeats) and scored by the "
+             f"evaluate protocol (2000 samples, domain features, train split). Pruning ratio "
+             f"{results['prune_ratio']}; the distillation fine-tune ({results['finetune_kimg']:.0f} kimg) took the "
+             f"pruned generator's L1 distance to the trained one from {d['teacher_l1_before']:.3f} to "
+             f"{d['teacher_l1_after']:.3f}.{reused}", "",
+             "| target | measured | |", "|---|---|---|",
+             f"| a pruned or quantized variant ≥ {t['speedup_vs_lite_fp32']:.0f}× `lite` eager fp32 at batch 256, "
+             f"FID ≤ {t['fid_ratio']}× | `{results['best_compressed']}`: {speedup:.2f}×, FID {fid_ratio:.3f}× | "
+             f"{'met' if met else '**missed**'} |", "",
+             "| variant | img/s b1 | img/s b64 | img/s b256 | × fp32 (b256) | FID | MMACs | params | MiB on disk |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base = rows["fp32"]["img_per_s_batch256"]
+    for name, r in rows.items():
+        lines.append(f"| `{name}` | {r['img_per_s_batch1']:.0f} | {r['img_per_s_batch64']:.0f} | "
+                     f"{r['img_per_s_batch256']:.0f} | {r['img_per_s_batch256'] / base:.2f} | {r['fid']:.3f} | "
+                     f"{r['macs'] / 1e6:.2f} | {r['params']:,} | {r['size_bytes'] / 2**20:.2f} |")
+    for name, why in results["skipped"].items():
+        lines.append(f"| `{name}` | skipped: {why} ||||||||")
+    write_doc_section("optimize-cifar", lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall time of the lite training run")
+    parser.add_argument("--prune-ratio", type=float, default=0.3)
+    parser.add_argument("--finetune-kimg", type=float, default=400.0, help="distillation of the pruned generator")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--featurizer-epochs", type=int, default=6)
+    parser.add_argument("--fid-interval-kimg", type=float, default=100.0)
+    parser.add_argument("--fid-samples", type=int, default=1000)
+    parser.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
+    args = parser.parse_args()
+    if not args.archive.is_file():
+        sys.exit(f"{args.archive}: CIFAR-10 JPEG archive not found; this benchmark needs real data")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = run(args, work)
+    save_results(RESULTS, results, render)
+
+
+if __name__ == "__main__":
+    main()

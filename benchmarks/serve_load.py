@@ -1,0 +1,132 @@
+"""Load test of ``ganforge serve`` on loopback: requests/s and p50/p99 latency for n=16 grids.
+
+    python benchmarks/serve_load.py [--package dist/generator] [--seconds 20] [--clients 1 8]
+
+It starts the real server on a free loopback port (the package from `dvc repro`), warms it up, then for each
+client count runs that many client threads, each with its own keep-alive connection, sending
+``GET /generate?n=16&seed=<i>&format=grid`` back to back for ``--seconds``. Clients and server share the
+machine's cores. Results go to bench/serve_load.json and the generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+from measure import REPO, machine, machine_line, save_results, write_doc_section
+
+RESULTS = REPO / "bench/serve_load.json"
+N_IMAGES = 16
+
+
+def _start(package: Path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package), "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            sys.exit(f"server exited: {server.stderr.read()[-2000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
+                return server
+        except OSError:
+            time.sleep(0.2)
+    server.kill()
+    sys.exit("server did not come up within 120 s")
+
+
+def _load(port: int, clients: int, seconds: float) -> dict:
+    latencies_ms: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        i = 0
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            connection.request("GET", f"/generate?n={N_IMAGES}&seed={index * 1_000_000 + i}&format=grid")
+            response = connection.getresponse()
+            response.read()
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            with lock:
+                if response.status == 200:
+                    latencies_ms.append(elapsed_ms)
+                else:
+                    errors[0] += 1
+            i += 1
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall_s = time.perf_counter() - start
+    ordered = sorted(latencies_ms)
+    return {"clients": clients, "requests": len(ordered), "errors": errors[0], "wall_s": wall_s,
+            "req_per_s": len(ordered) / wall_s, "img_per_s": len(ordered) * N_IMAGES / wall_s,
+            "p50_ms": statistics.median(ordered), "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
+
+
+def run(args: argparse.Namespace) -> dict:
+    import socket
+
+    if not (args.package / "manifest.json").is_file():
+        sys.exit(f"{args.package}: no package; run `dvc repro` first")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = _start(args.package, port)
+    try:
+        _load(port, 1, 2.0)  # warm-up
+        rss_before = psutil.Process(server.pid).memory_info().rss
+        runs = [_load(port, clients, args.seconds) for clients in args.clients]
+        rss_after = psutil.Process(server.pid).memory_info().rss
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    config = json.loads((args.package / "config.json").read_text())
+    return {"machine": machine(), "package": str(args.package), "variant": config["recipe"]["variant"],
+            "n": N_IMAGES, "seconds": args.seconds, "runs": runs,
+            "server_rss_mib": {"before": rss_before / 2**20, "after": rss_after / 2**20}}
+
+
+def render(results: dict) -> None:
+    lines = [machine_line(results["machine"]), "",
+             f"`ganforge serve` with the pipeline's package (`{results['variant']}`, torch runtime) on loopback; each "
+             f"client keeps one connection and asks for `GET /generate?n={results['n']}&seed=<new>&format=grid` "
+             f"back to back for {results['seconds']:.0f} s. Clients and server share the 2 cores. Server memory "
+             f"{results['server_rss_mib']['before']:.0f} MiB before the load, "
+             f"{results['server_rss_mib']['after']:.0f} MiB after.", "",
+             "| clients | requests | errors | requests/s | images/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        lines.append(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['req_per_s']:.0f} | "
+                     f"{r['img_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+    write_doc_section("serve-load", lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", type=Path, default=REPO / "dist/generator")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+    results = run(args)
+    save_results(RESULTS, results, render)
+
+
+if __name__ == "__main__":
+    main()
