@@ -19,6 +19,7 @@ from ganforge.optimization.variants import (
     batchnorm_fold_pairs,
     build_variant,
     fold_batchnorm,
+    is_subpixel_convertible,
     reduced_precision_support,
     variant_steps,
 )
@@ -192,10 +193,24 @@ def test_every_architecture_folds_quantizes_and_exports(tmp_path, arch, width):
     z = torch.randn(16, spec.z_dim)
     reference = generator(z)
     fused = build_variant(Recipe("fused"), generator, spec.z_dim)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or is_subpixel_convertible(m)
+                   for m in fused.modules())  # BN folded; stride-2 transposed convs in sub-pixel form
     assert torch.allclose(fused(z), reference, atol=1e-4)
     int8 = build_variant(Recipe("int8", calibration_batches=4, calibration_batch_size=32), generator, spec.z_dim)
     assert any("quantized" in type(m).__module__ for m in int8.modules())
     assert (int8(z) - reference).abs().mean() < 0.05
     export_onnx(generator, spec.z_dim, tmp_path / "g.onnx", opset=17)
     assert torch.allclose(run_onnx(onnx_session(tmp_path / "g.onnx"), z), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "side", "bias"), [(16, 1, 16, True), (32, 16, 8, False), (5, 3, 3, True)])
+def test_sub_pixel_form_equals_the_transposed_conv(c_in, c_out, side, bias):
+    from ganforge.optimization.variants import SubPixelConvTranspose
+
+    torch.manual_seed(0)
+    convt = torch.nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=bias).eval()
+    x = torch.randn(4, c_in, side, side)
+    with torch.no_grad():
+        expected, got = convt(x), SubPixelConvTranspose(convt)(x)
+    assert got.shape == expected.shape == (4, c_out, 2 * side, 2 * side)
+    assert torch.allclose(got, expected, atol=1e-5)
