@@ -30,7 +30,10 @@ from time_to_quality import DEFAULT_ARCHIVE, _configs
 RESULTS = REPO / "bench/optimize_cifar.json"
 VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8", "pruned+bf16",
             "pruned+bf16+compiled", "pruned+onnxruntime")
-COMPRESSING_STEPS = {"pruned", "int8"}  # "a pruned or quantized variant"
+# "A pruned or quantized variant", read two ways: strictly (channel pruning or int8), and with the reduced
+# float types too (TFLite, for one, calls casting weights to float16 "float16 quantization").
+COMPRESSION_READINGS = {"pruned or int8": {"pruned", "int8"},
+                        "pruned, int8, bf16 or fp16": {"pruned", "int8", "bf16", "fp16"}}
 TARGETS = {"speedup_vs_lite_fp32": 3.0, "fid_ratio": 1.1}
 
 
@@ -41,7 +44,6 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     from ganforge.evaluation.features import train_featurizer
     from ganforge.evaluation.reference import compute_reference
     from ganforge.optimization.optimize import optimize
-    from ganforge.optimization.variants import variant_steps
     from ganforge.training.loop import train
 
     train_cfg, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("lite", args.fid_interval_kimg,
@@ -80,29 +82,40 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     metrics = optimize(cfg, evaluate_cfg, reference_cfg, lite_dir / "train", work / "featurizer.safetensors",
                        work / "reference", work / "optimized", work / "optimize.json", work / "optimize.csv")
     rows = metrics["variants"]
-    baseline = rows["fp32"]
-    budget_fid = baseline["fid"] * TARGETS["fid_ratio"]
-    compressed = {name: row for name, row in rows.items() if set(variant_steps(name)) & COMPRESSING_STEPS}
-    within = {name: row for name, row in compressed.items() if row["fid"] <= budget_fid} or compressed
-    best = max(within, key=lambda name: within[name]["img_per_s_batch256"])
     return {
         "machine": machine() | {"torch_threads": torch.get_num_threads()}, "targets": TARGETS,
         "minutes": args.minutes, "lite_kimg": trained["kimg"], "lite_train_img_per_s": trained["train_img_per_s"],
         "reused": reused, "prune_ratio": args.prune_ratio, "finetune_kimg": args.finetune_kimg,
         "winner": metrics["winner"],
         "deploy_batch": metrics["batch"], "gemm_gflops": metrics["gemm_gflops"],
-        "best_compressed": best,
-        "best_compressed_speedup_batch256": rows[best]["img_per_s_batch256"] / baseline["img_per_s_batch256"],
-        "best_compressed_fid_ratio": rows[best]["fid"] / baseline["fid"],
+        "best_compressed": {reading: best_compressed(rows, steps) for reading, steps in COMPRESSION_READINGS.items()},
         "distillation": metrics.get("distillation"), "int8_float_layers": metrics.get("int8_float_layers"),
         "skipped": metrics.get("skipped", {}), "rows": rows,
     }
 
 
+def best_compressed(rows: dict, steps: set[str]) -> dict:
+    """The fastest variant at batch 256 using one of ``steps``, preferring those within the FID target."""
+    from ganforge.optimization.variants import variant_steps
+
+    base = rows["fp32"]
+    candidates = {name: row for name, row in rows.items() if set(variant_steps(name)) & steps}
+    within = {name: row for name, row in candidates.items()
+              if row["fid"] <= base["fid"] * TARGETS["fid_ratio"]} or candidates
+    name = max(within, key=lambda n: within[n]["img_per_s_batch256"])
+    return {"variant": name, "speedup_batch256": rows[name]["img_per_s_batch256"] / base["img_per_s_batch256"],
+            "fid_ratio": rows[name]["fid"] / base["fid"]}
+
+
+def _target_row(reading: str, best: dict, t: dict) -> str:
+    met = best["speedup_batch256"] >= t["speedup_vs_lite_fp32"] and best["fid_ratio"] <= t["fid_ratio"]
+    return (f"| a variant using {reading}: ≥ {t['speedup_vs_lite_fp32']:.0f}× `lite` eager fp32 at batch 256, FID ≤ "
+            f"{t['fid_ratio']}× | `{best['variant']}`: {best['speedup_batch256']:.2f}×, FID {best['fid_ratio']:.3f}× | "
+            f"{'met' if met else '**missed**'} |")
+
+
 def render(results: dict) -> None:
     t, rows, d = results["targets"], results["rows"], results["distillation"]
-    speedup, fid_ratio = results["best_compressed_speedup_batch256"], results["best_compressed_fid_ratio"]
-    met = speedup >= t["speedup_vs_lite_fp32"] and fid_ratio <= t["fid_ratio"]
     reused = (f" Reused from an earlier run in the same work directory: {', '.join(results['reused'])}."
               if results["reused"] else "")
     lines = [machine_line(results["machine"]), "",
@@ -114,9 +127,7 @@ def render(results: dict) -> None:
              f"pruned generator's L1 distance to the trained one from {d['teacher_l1_before']:.3f} to "
              f"{d['teacher_l1_after']:.3f}.{reused}", "",
              "| target | measured | |", "|---|---|---|",
-             f"| a pruned or quantized variant ≥ {t['speedup_vs_lite_fp32']:.0f}× `lite` eager fp32 at batch 256, "
-             f"FID ≤ {t['fid_ratio']}× | `{results['best_compressed']}`: {speedup:.2f}×, FID {fid_ratio:.3f}× | "
-             f"{'met' if met else '**missed**'} |", "",
+             *(_target_row(reading, best, t) for reading, best in results["best_compressed"].items()), "",
              "| variant | img/s b1 | img/s b64 | img/s b256 | × fp32 (b256) | FID | MMACs | params | MiB on disk |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = rows["fp32"]["img_per_s_batch256"]
@@ -140,7 +151,11 @@ def main() -> None:
     parser.add_argument("--fid-interval-kimg", type=float, default=100.0)
     parser.add_argument("--fid-samples", type=int, default=1000)
     parser.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
+    parser.add_argument("--render", action="store_true", help="only regenerate the doc section from the results")
     args = parser.parse_args()
+    if args.render:
+        render(json.loads(RESULTS.read_text()))
+        return
     if not args.archive.is_file():
         sys.exit(f"{args.archive}: CIFAR-10 JPEG archive not found; this benchmark needs real data")
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,6 @@ writes its own images; the files are byte-identical to a single-process run.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -64,8 +63,6 @@ def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = N
         check_writable(Path(grid_path).parent, "--grid")
     package = load_package(package_dir, runtime, model)
     world, rank = distributed.world_size(), distributed.rank()
-    if world > 1:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     firsts = list(range(0, count, batch))[rank::world]  # this rank's batches; image indices stay global
     mine = sum(min(batch, count - first) for first in firsts)
     grid_parts: list[tuple[int, torch.Tensor]] = []
