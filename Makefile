@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
-	bench-optimize bench-optimize-cifar bench-serve
+	bench-optimize bench-optimize-cifar bench-serve bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,14 @@ browser:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+## One command for the headline figures: ceilings, generation, training, data, pipeline; rewrites the tables of
+## docs/benchmarks.md from bench/results.json (bench-quick: under 3 minutes, no full `dvc repro`).
+bench: $(VENV)/.installed-test
+	$(BIN)/ganforge bench
+
+bench-quick: $(VENV)/.installed-test
+	$(BIN)/ganforge bench --quick
 
 ## Measure the budgets (default repro time and memory, test-suite time) into docs/benchmarks.md.
 bench-budget: $(VENV)/.installed-test

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,16 +21,9 @@ from pathlib import Path
 
 from measure import REPO, machine, machine_line, save_results, timed, write_doc_section
 
+from ganforge.benchmarking.sections import copy_worktree
+
 RESULTS = REPO / "bench/pipeline_budget.json"
-
-
-def clone_worktree(dest: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.splitlines()
-    for name in listed:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
 
 
 def main() -> None:
@@ -42,7 +34,7 @@ def main() -> None:
     results = {"machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "ganforge"
-        clone_worktree(work)
+        copy_worktree(REPO, work)
         for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
             subprocess.run(cmd, cwd=work, env=env | {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
                                                       "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"},

@@ -12,38 +12,22 @@ generated section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 from measure import REPO, machine, machine_line, save_results, write_doc_section
 
+from ganforge.benchmarking.sections import train_stage_img_per_s
+
 RESULTS = REPO / "bench/train_throughput.json"
 ARCHS = ("seed", "dcgan", "lite")
-TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
 def run_train(work: Path, name: str, train: dict, nproc: int, threads: int) -> float:
-    """One run of the train stage script; returns its images/s."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"] |= {"fid_interval_kimg": 0, "snapshot_kimg": 0, "checkpoint_kimg": 1000, "nproc": nproc,
-                        "device": "cpu", **train}
-    params_path = work / f"{name}.yaml"
-    params_path.write_text(yaml.safe_dump(params))
-    out = work / name
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(REPO / "stages/train.py"),
-           "--params", str(params_path), "--data", str(work / "prepared"), "--out", str(out),
-           "--live", str(work / f"{name}_live")]
-    env = os.environ | {"OMP_NUM_THREADS": str(threads)}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return json.loads((out / "train.json").read_text())["train_img_per_s"]
+    """One run of the train stage script under torchrun; returns its images/s."""
+    return train_stage_img_per_s(REPO, work, name, train, nproc, threads)
 
 
 def summary(rates: list[float]) -> dict:

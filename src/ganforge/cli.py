@@ -3,6 +3,7 @@
     ganforge generate --package dist/generator -n 1000 --out DIR [--grid FILE] [--seed S] [--batch B]
                       [--runtime torch|onnxruntime] [--truncation PSI] [--model winner|baseline]
     ganforge serve --package dist/generator [--host 127.0.0.1] [--port 8000] [--max-n 256]
+    ganforge bench [--quick] [--results bench/results.json] [--doc docs/benchmarks.md]
 
 ``generate`` may run under ``torchrun --nproc_per_node=N``: the images are sharded across the ranks.
 Bad arguments give a one-line error and exit code 2.
@@ -67,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--truncation", type=_positive_float, metavar="PSI",
                        help="default truncation of requests that do not give one")
     serve.add_argument("--model", choices=MODELS, default="winner")
+
+    bench = commands.add_parser("bench", help="measure this machine's ceilings and ganforge's speed, one command")
+    bench.add_argument("--quick", action="store_true", help="fewer repeats, no full `dvc repro` (under 3 minutes)")
+    bench.add_argument("--repo", default=".", help="the ganforge checkout to measure (default: here)")
+    bench.add_argument("--results", default="bench/results.json", help="raw results JSON to write")
+    bench.add_argument("--doc", default="docs/benchmarks.md", help="page whose generated tables are rewritten")
+    bench.add_argument("--no-doc", action="store_true", help="only write the results JSON")
     return parser
 
 
@@ -84,6 +92,12 @@ def main(argv: list[str] | None = None) -> None:
             if distributed.is_main_process():
                 where = ", ".join(str(p) for p in (args.out, args.grid) if p)
                 print(f"generated {args.num} images at {img_per_s:.0f} img/s -> {where}")
+        elif args.command == "bench":
+            from ganforge.benchmarking.suite import run_bench
+
+            results = run_bench(args.repo, args.quick, args.results, None if args.no_doc else args.doc)
+            print(f"bench: done in {results['wall_s']:.0f} s -> {args.results}"
+                  + ("" if args.no_doc else f", {args.doc}"))
         else:
             from ganforge.serving.server import serve
 

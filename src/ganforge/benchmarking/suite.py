@@ -1,0 +1,166 @@
+"""``ganforge bench``: every benchmark section in one run, written to ``bench/results.json``, and the tables of
+docs/benchmarks.md regenerated from it (``bench-*`` sections), including every target of the project with
+its latest measured value, marked met or missed."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ganforge.benchmarking import sections
+from ganforge.benchmarking.ceilings import measure_ceilings
+from ganforge.benchmarking.measure import machine, machine_line, write_doc_section
+from ganforge.errors import UserError
+from ganforge.files import atomic_path
+
+
+def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path: str | Path | None) -> dict:
+    """Measure every section on this machine and write ``results_path`` (and the doc's tables)."""
+    repo = Path(repo).resolve()
+    if not (repo / "dvc.yaml").is_file() or not (repo / "stages/train.py").is_file():
+        raise UserError(f"{repo}: not a ganforge checkout (run `ganforge bench` from the repository root)")
+    start = time.perf_counter()
+    results: dict[str, Any] = {"machine": machine(), "quick": quick,
+                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="ganforge-bench-") as tmp:
+        work = Path(tmp)
+        steps = [
+            ("ceilings", lambda: measure_ceilings(quick)),
+            ("generation", lambda: sections.generation(repo / "models/optimized",
+                                                       results["ceilings"]["fp32_gemm_gflops"]["median"], quick)),
+            ("prepare", lambda: sections._prepared_digits(work)),
+            ("training", lambda: sections.training(repo, work, quick)),
+            ("data", lambda: sections.data_and_evaluation(work, results.pop("prepare"), quick)),
+            ("pipeline", lambda: sections.pipeline(repo, quick)),
+        ]
+        for name, step in steps:
+            print(f"bench: {name} ...", flush=True)
+            results[name] = step()
+    results["wall_s"] = time.perf_counter() - start
+    results_path = Path(results_path)
+    with atomic_path(results_path) as out:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    if doc_path is not None:
+        render(results, repo, Path(doc_path))
+    return results
+
+
+def _range(s: dict, digits: int = 0) -> str:
+    return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}–{s['max']:,.{digits}f})"
+
+
+def render(results: dict, repo: Path, doc: Path) -> None:
+    """Regenerate the ``bench`` and ``targets`` sections of ``doc`` from ``results``."""
+    m, c = results["machine"], results["ceilings"]
+    mode = "`ganforge bench --quick`" if results["quick"] else "`ganforge bench`"
+    lines = [machine_line(m) + f" CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}; onnxruntime "
+             f"{m['onnxruntime']}; {m['torch_threads']} threads. {mode}, {results['date']}, {results['wall_s']:.0f} s. "
+             "Median of repeats (min–max).", "",
+             "| ceiling | measured |", "|---|---|",
+             f"| fp32 GEMM (1024³) | {_range(c['fp32_gemm_gflops'])} GFLOP/s |",
+             "| int8 GEMM (1024³, `torch._int_mm`) | "
+             + (f"{_range(c['int8_gemm_gops'])} GOP/s |" if c["int8_gemm_gops"] else "no kernel on this machine |"),
+             f"| memory bandwidth (256 MiB copy, read + write) | {_range(c['memory_bandwidth_gbs'], 1)} GB/s |"]
+    if c.get("cuda_bf16_tflops"):
+        lines.append(f"| CUDA bf16 matmul ({m.get('cuda_device')}) | {_range(c['cuda_bf16_tflops'], 1)} TFLOP/s |")
+    g = results["generation"]
+    lines += ["", f"Generation at 32×32, batch {g['batch']} (and batch-1 latency), timed side by side:", "",
+              "| generator | output | img/s | × `seed` fp32 | batch-1 ms | GFLOP/s | of fp32 GEMM |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in g["rows"].items():
+        label = f"`{name}` eager fp32" if name in ("seed", "lite") else name
+        lines.append(f"| {label} | {r['shape']} | {r['img_per_s_batch256']:,.0f} ({r['img_per_s_batch256_min']:,.0f}–"
+                     f"{r['img_per_s_batch256_max']:,.0f}) | {r['vs_seed_fp32']:.2f} | {r['latency_ms_batch1']:.2f} | "
+                     f"{r['gflops']:.1f} | {r['ceiling_fraction']:.1%} |")
+    if "winner_skipped" in g:
+        lines.append(f"| optimize winner | skipped: {g['winner_skipped']} ||||||")
+    t = results["training"]
+    lines += ["", f"Training (the train stage under torchrun, digits at 32×32×3, {t['kimg_per_run']} kimg per run):",
+              "", "| run | train img/s |", "|---|---|"]
+    lines += [f"| `{arch}`, 1 process | {_range(s)} |" for arch, s in t["archs"].items()]
+    lines += [f"| `seed`, 1 process × 2 threads | {_range(t['ddp']['1_process_2_threads'])} |",
+              f"| `seed`, 2 gloo processes × 1 thread | {_range(t['ddp']['2_processes_1_thread'])} |",
+              f"| DDP ratio (2 processes / 1) | {t['ddp']['ratio']:.2f} |"]
+    d = results["data"]
+    lines += ["", "Data and evaluation (digits at 32×32×3):", "", "| what | figure |", "|---|---|",
+              f"| prepare ({d['prepare']['files']:,} files) | {d['prepare']['files_per_s']:,.0f} files/s |",
+              f"| data loader, batches of 64 | {_range(d['loader_img_per_s'])} img/s |",
+              f"| + DiffAugment `color,translation,cutout` | {_range(d['loader_augmented_img_per_s'])} img/s |",
+              f"| domain features, batch 250 | {_range(d['domain_features_img_per_s'])} img/s |"]
+    p = results["pipeline"]
+    lines += ["", "| pipeline | wall time | peak memory |", "|---|---|---|"]
+    for key, label in (("noop_repro", "no-op `dvc repro`"), ("default_repro", "default `dvc repro` from scratch")):
+        if key in p:
+            lines.append(f"| {label} | {p[key]['wall_s']:.1f} s | {p[key]['peak_rss_mib']:.0f} MiB |")
+        else:
+            lines.append(f"| {label} | skipped: {p[key + '_skipped']} | |")
+    write_doc_section(doc, "bench", lines)
+    write_doc_section(doc, "targets", target_lines(results, repo / "bench"))
+
+
+def _load(bench_dir: Path, name: str) -> dict | None:
+    path = bench_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def target_lines(results: dict, bench_dir: Path) -> list[str]:
+    """One row per target set by the project's issues: its latest measured value, where it was measured,
+    and met or missed. Figures come from this run where it measures them, else from the benchmark that
+    does (its JSON in ``bench_dir``)."""
+    rows: list[tuple[str, str, float | None, float, bool, bool]] = []  # what, source, value, target, at_most, ok
+
+    def add(what: str, source: str, value: float | None, target: float, at_most: bool, also: bool = True) -> None:
+        rows.append((what, source, value, target, at_most, also))
+
+    p = results["pipeline"]
+    budget = _load(bench_dir, "pipeline_budget") or {}
+    repro = p.get("default_repro") or budget.get("repro_default")
+    source = "`ganforge bench`" if "default_repro" in p else "`make bench-budget`"
+    add("default `dvc repro` from scratch, minutes", source, repro and repro["wall_s"] / 60, 10, True)
+    add("default `dvc repro`, peak GB", source, repro and repro["peak_rss_mib"] / 1024, 4, True)
+    suite = budget.get("test_suite")
+    add("test suite, minutes", "`make bench-budget`", suite and suite["wall_s"] / 60, 15, True)
+    data = _load(bench_dir, "data_path") or {}
+    cifar_prep = data.get("prepare_cifar10_jpeg")
+    add("prepare CIFAR-10 JPEG (60,000 files), s", "`make bench-data`", cifar_prep and cifar_prep["wall_s"], 60, True)
+    add("prepare CIFAR-10 JPEG, peak GB", "`make bench-data`", cifar_prep and cifar_prep["peak_rss_mib"] / 1024, 2,
+        True)
+    d = results["data"]
+    add("data loader img/s", "`ganforge bench`", d["loader_img_per_s"]["median"], 20_000, False)
+    add("data loader + DiffAugment img/s", "`ganforge bench`", d["loader_augmented_img_per_s"]["median"], 5_000, False)
+    add("domain extractor img/s at 3×32×32", "`ganforge bench`", d["domain_features_img_per_s"]["median"], 2_000,
+        False)
+    add("DDP: 2 processes / 1 process training img/s", "`ganforge bench`", results["training"]["ddp"]["ratio"], 0.8,
+        False)
+    evaluation = _load(bench_dir, "evaluation_speed") or {}
+    add("evaluate stage on the default data, s", "`make bench-eval`",
+        evaluation.get("evaluate_stage", {}).get("wall_s"), 60, True)
+    add("FID of 10k samples vs cached CIFAR-10 statistics, s", "`make bench-eval`",
+        evaluation.get("cifar10", {}).get("fid_10k", {}).get("wall_s"), 60, True)
+    winner = next((r for name, r in results["generation"]["rows"].items() if name.startswith("winner")), None)
+    add("optimize winner × `seed` eager fp32 img/s at batch 256", "`ganforge bench`",
+        winner and winner["vs_seed_fp32"], 10, False)
+    optimize = _load(bench_dir, "optimize_speed") or {}
+    add("optimize winner FID / baseline FID", "`make bench-optimize`", optimize.get("winner_fid_ratio"), 1.1, True)
+    add("best unpruned fp32 variant, fraction of fp32 GEMM at batch 256", "`make bench-optimize`",
+        optimize.get("best_unpruned_fp32_ceiling_fraction"), 0.6, False)
+    cifar = (_load(bench_dir, "optimize_cifar") or {}).get("best_compressed", {})
+    for reading, best in cifar.items():
+        add(f"CIFAR-10: `{best['variant']}` ({reading}) × `lite` fp32 at batch 256, with FID "
+            f"{best['fid_ratio']:.3f}× (≤ 1.1×)", "`make bench-optimize-cifar`", best["speedup_batch256"], 3, False,
+            also=best["fid_ratio"] <= 1.1)
+    lines = ["| target | measured by | value | target | |", "|---|---|---|---|---|"]
+    for what, source, value, target, at_most, also in rows:
+        if value is None:
+            lines.append(f"| {what} | {source} | not measured yet | {'≤' if at_most else '≥'} {target:,g} | — |")
+            continue
+        met = (value <= target if at_most else value >= target) and also
+        shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        lines.append(f"| {what} | {source} | {shown} | {'≤' if at_most else '≥'} {target:,g} | "
+                     f"{'met' if met else '**missed**'} |")
+    return lines
