@@ -46,7 +46,7 @@ clean:
 
 ## One command for the headline figures: ceilings, generation, training, data, pipeline; rewrites the tables of
 ## docs/benchmarks.md from bench/results.json (bench-quick: under 3 minutes, no full `dvc repro`).
-bench: $(VENV)/.installed-test
+bench: repro
 	$(BIN)/ganforge bench
 
 bench-quick: $(VENV)/.installed-test

@@ -4,16 +4,20 @@
                       [--runtime torch|onnxruntime] [--truncation PSI] [--model winner|baseline]
     ganforge serve --package dist/generator [--host 127.0.0.1] [--port 8000] [--max-n 256]
     ganforge bench [--quick] [--results bench/results.json] [--doc docs/benchmarks.md]
+    ganforge report --base REV [--out report] [--max-fid-increase 0.05] [--max-speed-drop 0.2]
 
 ``generate`` may run under ``torchrun --nproc_per_node=N``: the images are sharded across the ranks.
-Bad arguments give a one-line error and exit code 2.
+Bad arguments give a one-line error and exit code 2; ``report`` exits 1 when a budget is broken.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from ganforge.entry import run_main
+from ganforge.files import read_json
 from ganforge.packaging.package import MODELS, RUNTIMES
 
 
@@ -75,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--results", default="bench/results.json", help="raw results JSON to write")
     bench.add_argument("--doc", default="docs/benchmarks.md", help="page whose generated tables are rewritten")
     bench.add_argument("--no-doc", action="store_true", help="only write the results JSON")
+    bench.add_argument("--render", action="store_true", help="only rewrite the doc's tables from --results")
+    bench.add_argument("--threads", type=_int_in(0, 1024), default=0, help="intra-op threads (default 0: all cores)")
+
+    report = commands.add_parser("report", help="a pull-request report against a base revision, with a budget gate")
+    report.add_argument("--base", required=True, help="git revision to compare the workspace with, e.g. main")
+    report.add_argument("--repo", default=".", help="the ganforge checkout (default: here)")
+    report.add_argument("--out", default="report", help="directory for report.md, grids and plots/index.html")
+    report.add_argument("--max-fid-increase", type=float, default=0.05, help="gate: allowed FID rise (0.05 = +5%%)")
+    report.add_argument("--max-speed-drop", type=float, default=0.2, help="gate: allowed images/s fall (0.2 = -20%%)")
     return parser
 
 
@@ -93,11 +106,24 @@ def main(argv: list[str] | None = None) -> None:
                 where = ", ".join(str(p) for p in (args.out, args.grid) if p)
                 print(f"generated {args.num} images at {img_per_s:.0f} img/s -> {where}")
         elif args.command == "bench":
-            from ganforge.benchmarking.suite import run_bench
+            from ganforge.benchmarking.suite import render, run_bench
 
-            results = run_bench(args.repo, args.quick, args.results, None if args.no_doc else args.doc)
+            if args.render:
+                render(read_json(args.results), Path(args.repo).resolve(), Path(args.doc))
+                print(f"bench: {args.doc} rewritten from {args.results}")
+                return
+            results = run_bench(args.repo, args.quick, args.results, None if args.no_doc else args.doc, args.threads)
             print(f"bench: done in {results['wall_s']:.0f} s -> {args.results}"
                   + ("" if args.no_doc else f", {args.doc}"))
+        elif args.command == "report":
+            from ganforge.reporting.report import Budget, write_report
+
+            path, broken = write_report(args.repo, args.base, args.out,
+                                        Budget(args.max_fid_increase, args.max_speed_drop))
+            print(path.read_text())
+            if broken:
+                print(f"ganforge report: {len(broken)} budget(s) broken (see {path})", file=sys.stderr)
+                raise SystemExit(1)
         else:
             from ganforge.serving.server import serve
 

@@ -69,6 +69,29 @@ def generation(optimized_dir: Path, gemm_gflops: float, quick: bool) -> dict:
     return result
 
 
+def generation_cuda(quick: bool, batch: int = 4096) -> dict | None:
+    """On CUDA: images/s of ``seed`` and ``lite`` at 32x32x3 in fp32 and bf16 at ``batch``; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    rows = {}
+    for arch in ("seed", "lite"):
+        generator = build_generator(GeneratorSpec(arch, _Z_DIM, _SIDE, _CHANNELS)).eval().cuda()
+        flops = flops_per_image(generator.cpu(), _Z_DIM)
+        generator.cuda()
+        for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            module = generator.to(dtype)
+            z = torch.randn(batch, _Z_DIM, device="cuda", dtype=dtype)
+
+            def run(module=module, z=z) -> None:
+                with torch.inference_mode():
+                    module(z)
+                torch.cuda.synchronize()
+
+            rate = rate_spread(run, batch, 10 if quick else 30, warmup=5)
+            rows[f"{arch} {label}"] = {"img_per_s": rate, "gflops": flops * rate["median"] / 1e9}
+    return {"batch": batch, "device": torch.cuda.get_device_name(0), "rows": rows}
+
+
 def _prepared_digits(work: Path) -> dict:
     """Prepare the bundled digits at 32x32x3 into ``work/prepared``, timing the prepare library call."""
     start = time.perf_counter()

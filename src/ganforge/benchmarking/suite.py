@@ -18,8 +18,15 @@ from ganforge.errors import UserError
 from ganforge.files import atomic_path
 
 
-def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path: str | Path | None) -> dict:
-    """Measure every section on this machine and write ``results_path`` (and the doc's tables)."""
+def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path: str | Path | None,
+              threads: int = 0) -> dict:
+    """Measure every section on this machine with ``threads`` intra-op threads (0: all cores) and write
+    ``results_path`` (and the doc's tables)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     repo = Path(repo).resolve()
     if not (repo / "dvc.yaml").is_file() or not (repo / "stages/train.py").is_file():
         raise UserError(f"{repo}: not a ganforge checkout (run `ganforge bench` from the repository root)")
@@ -33,6 +40,7 @@ def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path:
             ("ceilings", lambda: measure_ceilings(quick)),
             ("generation", lambda: sections.generation(repo / "models/optimized",
                                                        results["ceilings"]["fp32_gemm_gflops"]["median"], quick)),
+            ("generation_cuda", lambda: sections.generation_cuda(quick)),
             ("prepare", lambda: sections._prepared_digits(work)),
             ("training", lambda: sections.training(repo, work, quick)),
             ("data", lambda: sections.data_and_evaluation(work, results.pop("prepare"), quick)),
@@ -79,6 +87,13 @@ def render(results: dict, repo: Path, doc: Path) -> None:
                      f"{r['gflops']:.1f} | {r['ceiling_fraction']:.1%} |")
     if "winner_skipped" in g:
         lines.append(f"| optimize winner | skipped: {g['winner_skipped']} ||||||")
+    if results.get("generation_cuda"):
+        gc = results["generation_cuda"]
+        lines += ["", f"On {gc['device']}, batch {gc['batch']}, against the bf16 matrix rate above:", "",
+                  "| generator | img/s | GFLOP/s | of bf16 matmul |", "|---|---|---|---|"]
+        bf16_rate = c["cuda_bf16_tflops"]["median"] * 1000
+        lines += [f"| `{name}` | {_range(r['img_per_s'])} | {r['gflops']:,.0f} | {r['gflops'] / bf16_rate:.1%} |"
+                  for name, r in gc["rows"].items()]
     t = results["training"]
     lines += ["", f"Training (the train stage under torchrun, digits at 32×32×3, {t['kimg_per_run']} kimg per run):",
               "", "| run | train img/s |", "|---|---|"]
@@ -137,6 +152,9 @@ def target_lines(results: dict, bench_dir: Path) -> list[str]:
         False)
     add("DDP: 2 processes / 1 process training img/s", "`ganforge bench`", results["training"]["ddp"]["ratio"], 0.8,
         False)
+    quality = _load(bench_dir, "time_to_quality") or {}
+    add("CIFAR-10, 30 min each: `lite` FID / `seed` FID (lite reaches the lower FID)", "`make bench-quality`",
+        quality["lite"]["fid"] / quality["seed"]["fid"] if "lite" in quality else None, 1, True)
     evaluation = _load(bench_dir, "evaluation_speed") or {}
     add("evaluate stage on the default data, s", "`make bench-eval`",
         evaluation.get("evaluate_stage", {}).get("wall_s"), 60, True)
