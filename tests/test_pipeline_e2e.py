@@ -171,3 +171,37 @@ def test_pull_request_report_from_two_real_commits(repo, tmp_path):
                            timeout=600)
     assert tight.returncode == 1 and "budget(s) broken" in tight.stderr
     assert "**Budget broken:**" in (tmp_path / "r/report.md").read_text()
+
+
+BENCH_SECTIONS = ("machine", "ceilings", "generation", "training", "data", "pipeline")
+
+
+def _numbers(tree) -> list[float]:
+    if isinstance(tree, dict):
+        return [n for value in tree.values() for n in _numbers(value)]
+    if isinstance(tree, list):
+        return [n for value in tree for n in _numbers(value)]
+    return [tree] if isinstance(tree, int | float) and not isinstance(tree, bool) else []
+
+
+def test_bench_quick_measures_every_section_and_writes_the_tables(repo, tmp_path):
+    root, env = repo  # an up-to-date pipeline, so the no-op `dvc repro` is measured too
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n<!-- bench:begin -->\nold\n<!-- bench:end -->\n")
+    results_path = tmp_path / "results.json"
+    done = subprocess.run([sys.executable, "-m", "ganforge.cli", "bench", "--quick", "--results", str(results_path),
+                           "--doc", str(doc)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(results_path.read_text())
+    assert all(section in results for section in BENCH_SECTIONS)
+    for section in BENCH_SECTIONS[1:]:
+        numbers = _numbers(results[section])
+        assert numbers and all(n > 0 for n in numbers), (section, numbers)
+    assert results["ceilings"]["fp32_gemm_gflops"]["median"] > 1
+    assert results["pipeline"]["noop_repro"]["wall_s"] > 0
+    rows = results["generation"]["rows"]
+    assert {"seed", "lite"} <= set(rows) and rows["seed"]["vs_seed_fp32"] == 1.0
+    assert set(results["training"]["archs"]) == {"seed", "dcgan", "lite"} and results["training"]["ddp"]["ratio"] > 0
+    text = doc.read_text()
+    assert "old" not in text and "| fp32 GEMM (1024³) |" in text and "<!-- targets:begin -->" in text
+    assert "| `dcgan`, 1 process |" in text and "DDP ratio" in text and "| no-op `dvc repro` |" in text

@@ -92,7 +92,7 @@ def generation_cuda(quick: bool, batch: int = 4096) -> dict | None:
     return {"batch": batch, "device": torch.cuda.get_device_name(0), "rows": rows}
 
 
-def _prepared_digits(work: Path) -> dict:
+def prepared_digits(work: Path) -> dict:
     """Prepare the bundled digits at 32x32x3 into ``work/prepared``, timing the prepare library call."""
     start = time.perf_counter()
     manifest = prepare(PrepareConfig(resolution=_SIDE, channels=_CHANNELS), work / "prepared", work / "grid.png")

@@ -1,15 +1,18 @@
 """``ganforge bench``: every benchmark section in one run, written to ``bench/results.json``, and the tables of
-docs/benchmarks.md regenerated from it (``bench-*`` sections), including every target of the project with
-its latest measured value, marked met or missed."""
+docs/benchmarks.md regenerated from it (its ``bench`` and ``targets`` sections), the latter listing every
+target of the project with its latest measured value, marked met or missed."""
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ganforge.benchmarking import sections
 from ganforge.benchmarking.ceilings import measure_ceilings
@@ -22,10 +25,6 @@ def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path:
               threads: int = 0) -> dict:
     """Measure every section on this machine with ``threads`` intra-op threads (0: all cores) and write
     ``results_path`` (and the doc's tables)."""
-    import os
-
-    import torch
-
     torch.set_num_threads(threads or os.cpu_count() or 1)
     repo = Path(repo).resolve()
     if not (repo / "dvc.yaml").is_file() or not (repo / "stages/train.py").is_file():
@@ -33,15 +32,14 @@ def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path:
     start = time.perf_counter()
     results: dict[str, Any] = {"machine": machine(), "quick": quick,
                                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    steps: list[tuple[str, Callable[[], Any]]] = []
     with tempfile.TemporaryDirectory(prefix="ganforge-bench-") as tmp:
         work = Path(tmp)
-        steps = [
+        steps: list[tuple[str, Callable[[], Any]]] = [
             ("ceilings", lambda: measure_ceilings(quick)),
             ("generation", lambda: sections.generation(repo / "models/optimized",
                                                        results["ceilings"]["fp32_gemm_gflops"]["median"], quick)),
             ("generation_cuda", lambda: sections.generation_cuda(quick)),
-            ("prepare", lambda: sections._prepared_digits(work)),
+            ("prepare", lambda: sections.prepared_digits(work)),
             ("training", lambda: sections.training(repo, work, quick)),
             ("data", lambda: sections.data_and_evaluation(work, results.pop("prepare"), quick)),
             ("pipeline", lambda: sections.pipeline(repo, quick)),
