@@ -4,6 +4,8 @@ bound to docs/benchmarks.md."""
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,3 +33,15 @@ def save_results(path: Path, results: dict, render: Callable[[dict], None]) -> N
     path.write_text(json.dumps(results, indent=2) + "\n")
     render(results)
     print(json.dumps({k: v for k, v in results.items() if k not in ("rows", "layer_profile_batch256")}, indent=2))
+
+
+def run_in_work_dir(archive: Path, work: Path | None, run: Callable[[Path], dict], path: Path,
+                    render: Callable[[dict], None]) -> None:
+    """Run a CIFAR-10 benchmark in ``work`` (kept) or a temp dir, then save and render its results."""
+    if not archive.is_file():
+        sys.exit(f"{archive}: CIFAR-10 JPEG archive not found; this benchmark needs real data")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = run(work)
+    save_results(path, results, render)

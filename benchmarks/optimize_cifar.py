@@ -18,13 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 from data_path import prepare_archive
-from measure import REPO, machine, machine_line, save_results, write_doc_section
+from measure import REPO, machine, machine_line, run_in_work_dir, write_doc_section
 from time_to_quality import DEFAULT_ARCHIVE, _configs
 
 RESULTS = REPO / "bench/optimize_cifar.json"
@@ -156,13 +154,7 @@ def main() -> None:
     if args.render:
         render(json.loads(RESULTS.read_text()))
         return
-    if not args.archive.is_file():
-        sys.exit(f"{args.archive}: CIFAR-10 JPEG archive not found; this benchmark needs real data")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        results = run(args, work)
-    save_results(RESULTS, results, render)
+    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), RESULTS, render)
 
 
 if __name__ == "__main__":

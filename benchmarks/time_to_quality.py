@@ -17,13 +17,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 from data_path import prepare_archive
-from measure import REPO, machine, machine_line, save_results, write_doc_section
+from measure import REPO, machine, machine_line, run_in_work_dir, write_doc_section
 
 RESULTS = REPO / "bench/time_to_quality.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -83,13 +82,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.work, args.minutes, args.fid_interval_kimg, args.fid_samples)
         return
-    if not args.archive.is_file():
-        sys.exit(f"{args.archive}: CIFAR-10 JPEG archive not found; this benchmark needs real data")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        results = run(args, work)
-    save_results(RESULTS, results, render)
+    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), RESULTS, render)
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
