@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
+.PHONY: install repro test reliability lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
 	bench-optimize bench-optimize-cifar bench-serve bench bench-quick
 
 $(BIN)/python:
@@ -30,6 +30,10 @@ test: $(VENV)/.installed-test browser lint
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; exit 1; fi; \
 	exit $$status
+
+## The reliability suite alone (bad input, faults, tampering); rewrites the counts in docs/reliability.md.
+reliability: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m reliability --reliability-doc docs/reliability.md
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src stages tests benchmarks

@@ -41,8 +41,8 @@ def stage_times(work: Path) -> dict:
                        *common, "--out", str(work / "reference"), "--metrics", str(work / "reference.json")], REPO)
     evaluate = timed([sys.executable, str(REPO / "stages/evaluate.py"), "--train-dir", str(REPO / "models/train"),
                       "--data", str(REPO / "data/prepared"), *common, "--reference", str(work / "reference"),
-                      "--metrics", str(work / "evaluate.json"), "--grid", str(work / "samples.png"),
-                      "--nearest", str(work / "nearest.png")], REPO)
+                      "--metrics", str(work / "evaluate.json"), "--speed", str(work / "speed.json"),
+                      "--grid", str(work / "samples.png"), "--nearest", str(work / "nearest.png")], REPO)
     return {"reference_stage": reference, "evaluate_stage": evaluate}
 
 

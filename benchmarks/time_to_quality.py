@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         print(f"scoring {arch} ...", flush=True)
         metrics = evaluate(evaluate_cfg, reference_cfg, work / arch / "train", work / "prepared",
                            work / "featurizer.safetensors", work / "reference", work / arch / "evaluate.json",
-                           work / arch / "samples.png", work / arch / "nearest.png")
+                           work / arch / "samples.png", work / arch / "nearest.png", work / arch / "speed.json")
         results[arch] = {
             "width": train_cfg.width,
             **json.loads((work / arch / "result.json").read_text()),

@@ -14,14 +14,15 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="prepared-data directory")
     parser.add_argument("--featurizer", required=True, help="featurizer weights (.safetensors)")
     parser.add_argument("--reference", required=True, help="the reference stage's statistics directory")
-    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--metrics", required=True, help="quality metrics JSON to write")
+    parser.add_argument("--speed", required=True, help="speed metrics JSON to write (images/s, batch-1 latency)")
     parser.add_argument("--grid", required=True, help="sample-grid PNG to write")
     parser.add_argument("--nearest", required=True, help="nearest-neighbour grid PNG to write")
     args = parser.parse_args()
     cfg = load_stage_config(EvaluateConfig, args.params)
     reference_cfg = load_stage_config(ReferenceConfig, args.params)  # checked against the cached statistics
     metrics = evaluate(cfg, reference_cfg, args.train_dir, args.data, args.featurizer, args.reference, args.metrics,
-                       args.grid, args.nearest)
+                       args.grid, args.nearest, args.speed)
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "
           f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
           f"{metrics['img_per_s']:.0f} img/s -> {args.metrics}")

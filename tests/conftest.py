@@ -65,6 +65,7 @@ class TinyRun:
     reference: Path
     reference_metrics: Path
     evaluate_metrics: Path
+    evaluate_speed: Path
     evaluate_grid: Path
     evaluate_nearest: Path
     optimized: Path
@@ -114,7 +115,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
         featurizer=root / "models/featurizer/featurizer.safetensors",
         featurizer_metrics=root / "metrics/featurizer.json",
         reference=root / "models/reference", reference_metrics=root / "metrics/reference.json",
-        evaluate_metrics=root / "metrics/evaluate.json", evaluate_grid=root / "plots/evaluate/samples.png",
+        evaluate_metrics=root / "metrics/evaluate.json", evaluate_speed=root / "metrics/evaluate_speed.json",
+        evaluate_grid=root / "plots/evaluate/samples.png",
         evaluate_nearest=root / "plots/evaluate/nearest.png",
         optimized=root / "models/optimized", optimize_metrics=root / "metrics/optimize.json",
         optimize_table=root / "plots/optimize.csv",
@@ -126,7 +128,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_configs: dict) -> Ti
     compute_reference(c["reference"], run.prepared, run.featurizer, run.reference, run.reference_metrics)
     train(c["train"], run.prepared, run.train_dir, run.live_dir, featurizer_path=run.featurizer)
     evaluate(c["evaluate"], c["reference"], run.train_dir, run.prepared, run.featurizer, run.reference,
-             run.evaluate_metrics, run.evaluate_grid, run.evaluate_nearest)
+             run.evaluate_metrics, run.evaluate_grid, run.evaluate_nearest, run.evaluate_speed)
     optimize(c["optimize"], c["evaluate"], c["reference"], run.train_dir, run.featurizer, run.reference,
              run.optimized, run.optimize_metrics, run.optimize_table)
     protocol = make_protocol(c["evaluate"], c["reference"], run.reference, run.featurizer)
@@ -146,3 +148,4 @@ def tiny_protocol(tiny_run: TinyRun, tiny_configs: dict):
 def package_copy(tiny_run: TinyRun, tmp_path: Path) -> Path:
     """A private copy of the tiny package that a test may modify."""
     return Path(shutil.copytree(tiny_run.package, tmp_path / "generator"))
+

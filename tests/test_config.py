@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ganforge.config import TrainConfig, load_stage_config, read_params
 from ganforge.errors import UserError
@@ -51,7 +53,8 @@ def test_top_level_keys_reach_the_stages_that_read_them(tmp_path):
         ("prepare", "resolution", 24, "prepare.resolution: expected one of 8, 16, 32, 64, 128, 256, got 24"),
     ],
 )
-def test_bad_section_values_name_the_key_and_value(tmp_path, section, key, value, expected):
+def test_bad_section_values_name_the_key_and_value(tmp_path, section, key, value, expected, reliability):
+    reliability.bad_input()
     params = _params()
     params[section][key] = value
     cls = {"train": TrainConfig}.get(section)
@@ -63,12 +66,14 @@ def test_bad_section_values_name_the_key_and_value(tmp_path, section, key, value
     assert "\n" not in str(err.value)
 
 
-def test_negative_learning_rate_is_rejected(tmp_path):
+def test_negative_learning_rate_is_rejected(tmp_path, reliability):
+    reliability.bad_input()
     with pytest.raises(UserError, match=r"lr: expected a value > 0.0, got -0.0002"):
         load_stage_config(TrainConfig, _write(tmp_path, _params() | {"lr": -0.0002}))
 
 
-def test_unknown_top_level_key_missing_section_and_malformed_yaml(tmp_path):
+def test_unknown_top_level_key_missing_section_and_malformed_yaml(tmp_path, reliability):
+    reliability.bad_input(3)
     with pytest.raises(UserError, match="unknown top-level key 'trian'"):
         read_params(_write(tmp_path, _params() | {"trian": {}}))
     params = _params()
@@ -81,17 +86,35 @@ def test_unknown_top_level_key_missing_section_and_malformed_yaml(tmp_path):
         read_params(bad)
 
 
-def test_section_cannot_shadow_a_top_level_key(tmp_path):
+def test_section_cannot_shadow_a_top_level_key(tmp_path, reliability):
+    reliability.bad_input()
     params = _params()
     params["train"]["lr"] = 0.1
     with pytest.raises(UserError, match="train.lr: 'lr' is a top-level key"):
         load_stage_config(TrainConfig, _write(tmp_path, params))
 
 
-def test_stage_script_prints_one_line_and_exits_2(tmp_path):
+_STAGE_ERRORS = {  # each kind of params mistake, and the start of the line the stage must print
+    "unknown key": (lambda p: p["train"].update(kimgg=5), "{path}: train.kimgg: unknown key (known: ada_kimg,"),
+    "wrong type": (lambda p: p["train"].update(batch_size="64"),
+                   "{path}: train.batch_size: expected an integer, got '64'"),
+    "out of range": (lambda p: p["train"].update(kimg=-1), "{path}: train.kimg: expected a value > 0.0, got -1.0"),
+    "missing section": (lambda p: p.pop("train"), "{path}: missing section 'train'"),
+    "malformed YAML": (None, "{path}: malformed YAML at line 3: expected the node content"),
+}
+
+
+@pytest.mark.parametrize("mistake", _STAGE_ERRORS)
+def test_stage_script_prints_one_line_and_exits_2(tmp_path, mistake, reliability):
+    edit, expected = _STAGE_ERRORS[mistake]
     params = _params()
-    params["train"]["kimgg"] = 5
-    path = _write(tmp_path, params)
+    if edit is None:
+        path = tmp_path / "params.yaml"
+        path.write_text("train:\n  kimg: [1,\n")
+    else:
+        edit(params)
+        path = _write(tmp_path, params)
+    reliability.bad_input()
     result = subprocess.run(
         [sys.executable, str(REPO / "stages/train.py"), "--params", str(path), "--data", str(tmp_path / "d"),
          "--out", str(tmp_path / "o"), "--live", str(tmp_path / "l")],
@@ -99,5 +122,62 @@ def test_stage_script_prints_one_line_and_exits_2(tmp_path):
     )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"train: error: {path}: train.kimgg: unknown key (known: ada_kimg, ada_target, arch,")
+    assert line.startswith("train: error: " + expected.format(path=path)), line
     assert not (tmp_path / "o").exists()
+
+
+def test_a_value_for_another_stage_is_ignored_by_this_one(tmp_path, reliability):
+    from ganforge.config import OptimizeConfig
+
+    params = _params()
+    params["optimize"]["prune_ratio"] = 7  # out of range, but only the optimize stage reads it
+    path = _write(tmp_path, params)
+    reliability.bad_input()
+    assert load_stage_config(TrainConfig, path).kimg == params["train"]["kimg"]
+    with pytest.raises(UserError, match="optimize.prune_ratio: expected a value"):
+        load_stage_config(OptimizeConfig, path)
+
+
+# --- fuzzing the params loader: any input is either a config or one UserError line, never another exception ---
+
+_ANY_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+def _load_every_stage(path: Path, reliability) -> None:
+    from ganforge.config import STAGE_CONFIGS
+
+    refused = 0
+    for cls in STAGE_CONFIGS.values():
+        try:
+            load_stage_config(cls, path)
+        except UserError as e:
+            assert "\n" not in str(e)
+            refused += 1
+    reliability.bad_input(int(refused > 0))  # one input, however many stages refuse it
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(section=st.sampled_from(["prepare", "train", "featurizer", "reference", "evaluate", "optimize", "package"]),
+       key=st.text(max_size=12) | st.sampled_from(["kimg", "batch_size", "arch", "variants", "resolution", "lr"]),
+       value=_ANY_VALUE)
+def test_fuzzed_values_give_a_config_or_one_line_error(tmp_path, reliability, section, key, value):
+    params = _params()
+    params[section][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    _load_every_stage(path, reliability)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200) | st.binary(max_size=200))
+def test_fuzzed_files_give_a_config_or_one_line_error(tmp_path, reliability, text):
+    path = tmp_path / "params.yaml"
+    base = (REPO / "params.yaml").read_bytes()
+    # splice the random text into the real file, so the fuzz reaches past the first YAML error too
+    cut = len(text) * 37 % len(base)
+    path.write_bytes(base[:cut] + (text.encode() if isinstance(text, str) else text) + base[cut:])
+    _load_every_stage(path, reliability)

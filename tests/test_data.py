@@ -45,12 +45,14 @@ def test_prepare_twice_gives_identical_bytes(tmp_path, tiny_configs):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
-def test_missing_prepared_data_is_a_user_error(tmp_path):
+def test_missing_prepared_data_is_a_user_error(tmp_path, reliability):
+    reliability.bad_input()
     with pytest.raises(UserError, match="manifest.json: file not found"):
         load_split(tmp_path, "train")
 
 
-def test_atomic_dir_puts_the_previous_directory_back_on_failure(tmp_path):
+def test_atomic_dir_puts_the_previous_directory_back_on_failure(tmp_path, reliability):
+    reliability.fault()
     from ganforge.files import atomic_dir
 
     target = tmp_path / "out"

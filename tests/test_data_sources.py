@@ -111,12 +111,14 @@ def test_palette_cmyk_and_pad_policy():
         (_png(Image.new("RGB", (32, 32), (9, 9, 9)))[:60], "corrupt or truncated image"),
     ],
 )
-def test_bad_files_raise_with_a_reason(data, reason):
+def test_bad_files_raise_with_a_reason(data, reason, reliability):
+    reliability.bad_input()
     with pytest.raises(BadImage, match=reason):
         decode_image(data, OPTIONS)
 
 
-def test_decompression_bomb_is_refused(monkeypatch):
+def test_decompression_bomb_is_refused(monkeypatch, reliability):
+    reliability.bad_input()
     monkeypatch.setattr(decode, "MAX_PIXELS", 100)
     with pytest.raises(BadImage, match="decompression bomb refused: 20x20"):
         decode_image(_png(Image.new("L", (20, 20))), OPTIONS)
@@ -125,7 +127,8 @@ def test_decompression_bomb_is_refused(monkeypatch):
 # --- the folder source -------------------------------------------------------------------------------------
 
 
-def test_folder_with_bad_files_skips_and_lists_them(tmp_path):
+def test_folder_with_bad_files_skips_and_lists_them(tmp_path, reliability):
+    reliability.bad_input(4)
     root = _class_folder(tmp_path / "src", per_class=10)
     (root / "cat" / "truncated.png").write_bytes(_png(_digit_like(999))[:50])
     (root / "cat" / "zero.png").write_bytes(b"")
@@ -147,20 +150,22 @@ def test_folder_with_bad_files_skips_and_lists_them(tmp_path):
     assert after == before  # the source is never modified
 
 
-def test_too_many_bad_files_fail_in_one_line_and_keep_the_previous_output(tmp_path):
+def test_ten_thousand_files_99_percent_bad_fail_in_one_line_and_keep_the_previous_output(tmp_path, reliability):
     good = _class_folder(tmp_path / "good")
     _run(tmp_path, _cfg(good))
-    previous = (tmp_path / "prepared" / "train_images.npy").read_bytes()
+    reliability.guard(tmp_path / "prepared")
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "ok.png").write_bytes(_png(_digit_like(1)))
-    for i in range(99):
-        (bad / f"junk{i}.jpg").write_text("not an image")
+    kinds = [b"", b"not an image", _png(_digit_like(0))[:40], b"\x89PNG\r\n\x1a\n" + bytes(range(256))]
+    for i in range(10_000):
+        good_one = i % 100 == 0
+        (bad / f"{i}.png").write_bytes(_png(_digit_like(i, size=(4, 4))) if good_one else kinds[i % len(kinds)])
+    reliability.bad_input(9_900)
     with pytest.raises(UserError) as err:
         _run(tmp_path, _cfg(bad))
     message = str(err.value)
-    assert "99 of 100 files are bad (99.0% > prepare.max_bad_fraction=10.0%)" in message and "\n" not in message
-    assert (tmp_path / "prepared" / "train_images.npy").read_bytes() == previous
+    assert "9900 of 10000 files are bad (99.0% > prepare.max_bad_fraction=10.0%)" in message and "\n" not in message
+    reliability.check_guarded()
 
 
 def test_train_test_layout_is_respected_and_unlabeled_data_works(tmp_path):
@@ -189,7 +194,8 @@ def test_channels_max_images_and_hflip(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])
-def test_missing_or_empty_source_names_the_path(tmp_path, kind):
+def test_missing_or_empty_source_names_the_path(tmp_path, kind, reliability):
+    reliability.bad_input()
     path = tmp_path / "nowhere"
     if kind == "empty":
         path.mkdir()
@@ -228,7 +234,8 @@ def _tar_with(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"") -> Pat
     return path
 
 
-def test_zip_slip_entry_is_refused_and_nothing_is_written_outside(tmp_path):
+def test_zip_slip_entry_is_refused_and_nothing_is_written_outside(tmp_path, reliability):
+    reliability.bad_input()
     path = tmp_path / "slip.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("ok/0.png", _png(_digit_like(0)))
@@ -238,7 +245,8 @@ def test_zip_slip_entry_is_refused_and_nothing_is_written_outside(tmp_path):
     assert not (tmp_path / "work" / "prepared").exists()
 
 
-def test_absolute_path_and_outside_link_entries_are_refused(tmp_path):
+def test_absolute_path_and_outside_link_entries_are_refused(tmp_path, reliability):
+    reliability.bad_input(3)
     absolute = tarfile.TarInfo("/etc/evil.png")
     with pytest.raises(UserError, match="refused entry '/etc/evil.png': absolute path"):
         _run(tmp_path, _cfg(_tar_with(tmp_path, absolute, b"x"), source="archive"))
@@ -252,7 +260,8 @@ def test_absolute_path_and_outside_link_entries_are_refused(tmp_path):
         _run(tmp_path, _cfg(_tar_with(tmp_path, hard), source="archive"))
 
 
-def test_oversized_archive_entry_is_skipped_unread(tmp_path, monkeypatch):
+def test_oversized_archive_entry_is_skipped_unread(tmp_path, monkeypatch, reliability):
+    reliability.bad_input()
     from ganforge.data import archive
 
     monkeypatch.setattr(archive, "MAX_ENTRY_BYTES", 1000)
@@ -265,7 +274,8 @@ def test_oversized_archive_entry_is_skipped_unread(tmp_path, monkeypatch):
     assert _reasons(manifest)["bomb.png"].startswith("entry too large")
 
 
-def test_corrupt_zip_entry_is_skipped(tmp_path):
+def test_corrupt_zip_entry_is_skipped(tmp_path, reliability):
+    reliability.bad_input()
     path = tmp_path / "crc.zip"
     with zipfile.ZipFile(path, "w") as zf:  # stored, so the payload bytes can be flipped in place
         for i in range(10):
@@ -311,27 +321,31 @@ class _Exploit:
         return (print, ("pwned",))
 
 
-def test_cifar10_pickle_with_code_is_refused(tmp_path, capsys):
+def test_cifar10_pickle_with_code_is_refused(tmp_path, capsys, reliability):
+    reliability.bad_input()
     archive = _cifar_archive(tmp_path / "cifar-10-python.tar.gz", payload={b"data": _Exploit()})
     with pytest.raises(UserError, match="refused to load .*print"):
         _run(tmp_path, _cfg(archive, source="cifar10"))
     assert "pwned" not in capsys.readouterr().out
 
 
-def test_cifar10_malformed_batch_is_a_user_error(tmp_path):
+def test_cifar10_malformed_batch_is_a_user_error(tmp_path, reliability):
+    reliability.bad_input()
     archive = _cifar_archive(tmp_path / "cifar-10-python.tar.gz", payload={b"data": np.zeros((3, 10), np.uint8),
                                                                            b"labels": [0, 1, 2]})
     with pytest.raises(UserError, match="data_batch_1 is not a CIFAR-10 batch"):
         _run(tmp_path, _cfg(archive, source="cifar10"))
 
 
-def test_empty_test_split_is_a_user_error(tmp_path):
+def test_empty_test_split_is_a_user_error(tmp_path, reliability):
+    reliability.bad_input()
     root = _class_folder(tmp_path / "src", per_class=1)
     with pytest.raises(UserError, match="the test split is empty"):
         _run(tmp_path, _cfg(root, test_fraction=0.2))
 
 
-def test_cifar10_missing_archive_says_how_to_fix(tmp_path):
+def test_cifar10_missing_archive_says_how_to_fix(tmp_path, reliability):
+    reliability.bad_input()
     with pytest.raises(UserError, match="CIFAR-10 archive not found; set prepare.path"):
         _run(tmp_path, _cfg(tmp_path / "none.tar.gz", source="cifar10"))
 
@@ -354,7 +368,8 @@ def test_mnist_family_idx_files_through_torchvision(tmp_path, source, folder):
     assert len(manifest["class_names"]) == 10
 
 
-def test_mnist_missing_files_is_a_user_error(tmp_path):
+def test_mnist_missing_files_is_a_user_error(tmp_path, reliability):
+    reliability.bad_input()
     with pytest.raises(UserError, match="mnist not found"):
         _run(tmp_path, _cfg(tmp_path, source="mnist"))
 

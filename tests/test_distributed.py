@@ -92,14 +92,16 @@ def test_each_ranks_step_time_is_logged(two_process_run):
         assert len(rows) > 2 and all(float(r.split("\t")[1]) > 0 for r in rows[1:])
 
 
-def test_a_stalled_rank_times_out_with_an_error_naming_the_rank(tmp_path, tiny_run):
+def test_a_stalled_rank_times_out_with_an_error_naming_the_rank(tmp_path, tiny_run, reliability):
+    reliability.fault()
     result = _torchrun(tmp_path, tiny_run.prepared, "stalled", {"collective_timeout_s": 3}, fault="stall")
     assert result.returncode != 0
     assert "train: error: rank 0 of 2: gradient all-reduce failed within the 3 s collective timeout" in result.stderr
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint_and_ends_identical(tmp_path, tiny_run,
-                                                                               two_process_run):
+                                                                               two_process_run, reliability):
+    reliability.fault()
     result = _torchrun(tmp_path, tiny_run.prepared, "restarted", {}, fault="die", max_restarts=1)
     assert result.returncode == 0, "\n".join(line for line in result.stderr.splitlines() if not line.startswith("W"))
     assert "exitcode  : 17" in result.stderr or "exitcode: 17" in result.stderr.replace("  ", " ")

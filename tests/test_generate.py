@@ -60,7 +60,8 @@ def test_torchrun_shards_byte_identical_to_one_process(tiny_run, tmp_path):
     (["--package", "{missing}"], "{missing}: package directory not found"),
     ([], "give --out DIR for PNG files, --grid FILE for one grid, or both"),
 ])
-def test_bad_arguments_give_one_line_and_exit_2(tiny_run, tmp_path, args, message):
+def test_bad_arguments_give_one_line_and_exit_2(tiny_run, tmp_path, args, message, reliability):
+    reliability.bad_input()
     a_file, missing = tmp_path / "a-file", tmp_path / "no-package"
     a_file.write_text("x")
     fill = lambda text: text.format(file=a_file, missing=missing)  # noqa: E731

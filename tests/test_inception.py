@@ -51,7 +51,8 @@ def test_inception_scores_a_grey_generator_from_a_local_weights_file(tmp_path, s
     assert described["feature_extractor"] == "inception-v3-compat" and "299x299" in described["resize"]
 
 
-def test_offline_without_weights_is_a_one_line_error(tmp_path, monkeypatch):
+def test_offline_without_weights_is_a_one_line_error(tmp_path, monkeypatch, reliability):
+    reliability.bad_input()
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
@@ -67,7 +68,8 @@ class _Payload:
     pass
 
 
-def test_a_weights_file_carrying_code_is_refused(tmp_path):
+def test_a_weights_file_carrying_code_is_refused(tmp_path, reliability):
+    reliability.bad_input()
     path = tmp_path / "evil.pth"
     torch.save({"x": _Payload()}, path)
     cfg = dataclasses.replace(ReferenceConfig(), feature_extractor="inception-v3-compat", inception_weights=str(path))

@@ -68,7 +68,8 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert torch.equal(g(z), loaded(z))
 
 
-def test_pickle_posing_as_safetensors_is_refused(tmp_path):
+def test_pickle_posing_as_safetensors_is_refused(tmp_path, reliability):
+    reliability.bad_input()
     path = tmp_path / "g.safetensors"
     torch.save({"x": torch.zeros(1)}, path)
     with pytest.raises(UserError, match="not a valid safetensors file"):

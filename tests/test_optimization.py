@@ -101,7 +101,8 @@ def test_variant_names_parse_into_steps(name, steps):
     ("fused+int8", "at most one step of each kind"), ("int8+onnxruntime", "the ONNX export is of the float model"),
     ("int8+compiled", "torch.compile does not take"),
 ])
-def test_bad_variant_names_are_one_line_errors(name, message):
+def test_bad_variant_names_are_one_line_errors(name, message, reliability):
+    reliability.bad_input()
     with pytest.raises(UserError, match=f"optimize.variants: .*{message}"):
         variant_steps(name, "optimize.variants")
 

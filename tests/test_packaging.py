@@ -43,7 +43,7 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_a_pickle_posing_as_weights_is_refused_and_never_run(package_copy, tmp_path):
+def test_a_pickle_posing_as_weights_is_refused_and_never_run(package_copy, tmp_path, reliability):
     import hashlib
     import pickle
 
@@ -53,6 +53,7 @@ def test_a_pickle_posing_as_weights_is_refused_and_never_run(package_copy, tmp_p
     manifest = json.loads((package_copy / "manifest.json").read_text())
     manifest["files"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()  # hashes match
     (package_copy / "manifest.json").write_text(json.dumps(manifest))
+    reliability.bad_input()
     with pytest.raises(UserError, match="model.safetensors: not a valid safetensors file"):
         load_package(package_copy, "torch")
     assert not marker.exists()
@@ -85,7 +86,8 @@ def test_model_card_and_parity_metrics(tiny_run, tiny_configs):
     assert f"FID {metrics['onnx_fid']:.4f}" in card
 
 
-def test_a_failed_fid_parity_gate_keeps_the_previous_package(tiny_run, tiny_configs, tiny_protocol, tmp_path):
+def test_a_failed_fid_parity_gate_keeps_the_previous_package(tiny_run, tiny_configs, tiny_protocol, tmp_path,
+                                                             reliability):
     import shutil
 
     from ganforge.files import read_json, write_json
@@ -97,11 +99,36 @@ def test_a_failed_fid_parity_gate_keeps_the_previous_package(tiny_run, tiny_conf
     report = read_json(optimized / "optimize.json")
     report["variants"][report["winner"]]["fid"] *= 1.5  # as if the evaluated model were another one
     write_json(optimized / "optimize.json", report)
+    reliability.fault()
     with pytest.raises(UserError, match="FID parity failed.*package.parity_max_fid_rel_diff"):
         write_package(tiny_configs["package"], tiny_protocol, optimized, tiny_run.prepared, package,
                       tmp_path / "package.json")
     assert {p.name: p.read_bytes() for p in package.iterdir()} == before
     assert not (tmp_path / "package.json").exists()
+
+
+def test_a_package_write_that_fails_partway_keeps_the_previous_package(tiny_run, tiny_configs, tiny_protocol,
+                                                                      tmp_path, monkeypatch, reliability):
+    import errno
+    import shutil
+
+    from ganforge.packaging import build
+
+    package = Path(shutil.copytree(tiny_run.package, tmp_path / "package"))
+    reliability.guard(package)
+
+    def disk_full(images, path, **kwargs):  # weights, ONNX and config.json are already written by now
+        Path(path).write_bytes(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(build, "save_grid", disk_full)
+    reliability.fault()
+    with pytest.raises(OSError, match="No space left on device"):
+        build.write_package(tiny_configs["package"], tiny_protocol, tiny_run.optimized, tiny_run.prepared, package,
+                            tmp_path / "package.json")
+    reliability.check_guarded()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["package"]  # no half-written copy, no metrics
+    load_package(package)  # and it still verifies and loads
 
 
 def test_the_packaged_baseline_is_the_trained_generator(tiny_run):
@@ -139,17 +166,19 @@ def test_onnx_matches_the_float_weights_and_torch_runtime_is_close(tiny_run):
         (lambda p: p.joinpath("extra.bin").write_bytes(b"x"), "extra.bin: unexpected file"),
     ],
 )
-def test_tampered_package_is_refused(package_copy, tamper, message):
+def test_tampered_package_is_refused(package_copy, tamper, message, reliability):
     tamper(package_copy)
+    reliability.bad_input()
     with pytest.raises(UserError, match=message):
         load_package(package_copy)
 
 
-def test_modified_weights_byte_is_refused(package_copy):
+def test_modified_weights_byte_is_refused(package_copy, reliability):
     weights = package_copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
+    reliability.bad_input()
     with pytest.raises(UserError, match="model.safetensors: sha256 does not match"):
         load_package(package_copy)
 

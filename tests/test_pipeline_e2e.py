@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -24,10 +25,9 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("e2e") / "ganforge"
-    # Copy what a clone would hold (tracked plus not-ignored files), minus the committed pipeline results.
+def clone_worktree(root: Path, params: dict) -> dict:
+    """Make ``root`` a git repo holding what a clone would (tracked plus not-ignored files, minus the committed
+    pipeline results) with ``params`` as its params.yaml; return the environment to run dvc in it."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.splitlines()
     for name in listed:
@@ -35,14 +35,20 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
             continue
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                         "PYTHONPATH": str(root / "src"), "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
                         "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     _run(["git", "init", "-q"], root, env)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "tiny"], root, env)
-    return root, env
+    return env
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("e2e") / "ganforge"
+    return root, clone_worktree(root, tiny_params())
 
 
 def _dvc(repo: tuple[Path, dict], *args: str) -> str:
@@ -50,7 +56,7 @@ def _dvc(repo: tuple[Path, dict], *args: str) -> str:
     return _run([sys.executable, "-m", "dvc", *args], root, env)
 
 
-def test_repro_runs_every_stage_then_is_a_noop(repo):
+def test_repro_runs_every_stage_then_is_a_noop(repo, reliability):  # the first of the two runs compared
     root, env = repo
     out = _dvc(repo, "repro")
     for stage in STAGES:
@@ -64,6 +70,38 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
     _run(["git", "commit", "-qm", "baseline run"], root, env)
 
 
+def test_a_forced_rerun_gives_bit_identical_quality_metrics(repo, reliability):
+    root, env = repo
+    first = (root / "metrics/evaluate.json").read_bytes()
+    out = _dvc(repo, "repro", "--force")
+    assert all(f"Running stage '{stage}'" in out for stage in STAGES)
+    assert (root / "metrics/evaluate.json").read_bytes() == first
+    _run(["git", "add", "-A"], root, env)  # the timings (and so possibly the winner) moved: keep the rerun
+    _run(["git", "commit", "-qm", "forced rerun"], root, env)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "affected"),
+    [("optimize.prune_ratio", 0.5, {"optimize"}),  # package reads the winner, not the optimize params
+     ("package.grid_size", 4, {"package"}),
+     ("evaluate.grid_size", 4, {"evaluate", "optimize", "package"}),  # optimize and package score as evaluate does
+     ("featurizer.epochs", 2, {"featurizer"})],
+)
+def test_a_param_edit_reruns_exactly_the_stages_that_read_it(repo, key, value, affected, reliability):
+    root, _ = repo
+    path = root / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    section, name = key.split(".")
+    params[section][name] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = _dvc(repo, "status")
+        assert {stage for stage in STAGES if f"{stage}:" in status} == affected
+    finally:
+        path.write_text(original)
+
+
 @pytest.mark.parametrize(
     ("edited", "affected"),
     [("src/ganforge/packaging/onnx.py", {"optimize", "package"}),
@@ -71,7 +109,7 @@ def test_repro_runs_every_stage_then_is_a_noop(repo):
      ("src/ganforge/training/losses.py", {"train", "optimize"}),  # optimize's distillation uses G's loss
      ("src/ganforge/evaluation/reference.py", {"reference", "evaluate", "optimize", "package"})],
 )
-def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected):
+def test_library_edit_reruns_exactly_the_affected_stages(repo, edited, affected, reliability):
     root, _ = repo
     target = root / edited
     original = target.read_text()
@@ -96,11 +134,12 @@ def test_a_new_torch_fidelity_pin_reruns_the_reference_statistics(repo):
         target.write_text(original)
 
 
-def test_failed_stage_keeps_the_previous_outputs(repo):
+def test_failed_stage_keeps_the_previous_outputs(repo, reliability):
+    reliability.bad_input()
     root, env = repo
     params_path = root / "params.yaml"
     original = params_path.read_text()
-    manifest = (root / "data/prepared/manifest.json").read_bytes()
+    reliability.guard(root / "data/prepared", root / "models/train", root / "dist/generator")
     params = yaml.safe_load(original)
     params["prepare"]["resolution"] = 24
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -109,13 +148,40 @@ def test_failed_stage_keeps_the_previous_outputs(repo):
                                 text=True, timeout=600)
         assert result.returncode != 0
         assert "prepare.resolution: expected one of 8, 16, 32, 64, 128, 256, got 24" in result.stderr
-        assert (root / "data/prepared/manifest.json").read_bytes() == manifest
+        reliability.check_guarded()
     finally:
         params_path.write_text(original)
 
 
-def test_experiment_with_a_new_lr_changes_the_metrics(repo):
-    root, _ = repo
+def test_a_changed_source_folder_reruns_prepare(tmp_path, reliability):
+    from PIL import Image
+
+    params = tiny_params()
+    params["prepare"].update(source="folder", path="data/raw", resolution=8)
+    root = tmp_path / "ganforge"
+    folder_repo = root, clone_worktree(root, params)
+    rng = np.random.default_rng(0)
+
+    def add_image(name: str) -> None:
+        path = root / "data/raw" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(path)
+
+    for i in range(20):
+        add_image(f"{'ab'[i % 2]}/{i}.png")
+    assert "Running stage 'prepare'" in _dvc(folder_repo, "repro", "prepare")
+    seen = json.loads((root / "data/prepared/manifest.json").read_text())["files_seen"]
+    assert "up to date" in _dvc(folder_repo, "status", "prepare")
+    add_image("a/new.png")
+    status = _dvc(folder_repo, "status", "prepare")
+    assert "changed deps" in status and "data/raw" in status
+    assert "Running stage 'prepare'" in _dvc(folder_repo, "repro", "prepare")
+    assert json.loads((root / "data/prepared/manifest.json").read_text())["files_seen"] == seen + 1
+
+
+def test_experiment_with_a_new_lr_changes_the_metrics(repo, reliability):
+    root, env = repo
+    head = _run(["git", "rev-parse", "HEAD"], root, env)
     before = json.loads((root / "metrics/evaluate.json").read_text())
     _dvc(repo, "exp", "run", "-S", "lr=0.0004")
     assert yaml.safe_load((root / "params.yaml").read_text())["lr"] == 0.0004
@@ -123,8 +189,16 @@ def test_experiment_with_a_new_lr_changes_the_metrics(repo):
     assert after["fid"] != before["fid"]
     diff = json.loads(_dvc(repo, "metrics", "diff", "--all", "--json"))
     # quality and speed side by side, old and new value of each
-    assert diff["metrics/evaluate.json"].keys() >= {"fid", "kid_mean", "precision", "recall", "img_per_s"}
+    assert diff["metrics/evaluate.json"].keys() >= {"fid", "kid_mean", "precision", "recall"}
+    assert diff["metrics/evaluate_speed.json"].keys() >= {"img_per_s", "latency_ms_batch1"}
     assert diff["metrics/evaluate.json"]["fid"]["new"] == after["fid"]
+    # As DVC documents: HEAD does not move, the experiment is saved under a ref of its own, and the workspace
+    # holds its results uncommitted and consistent with its dvc.lock.
+    assert _run(["git", "rev-parse", "HEAD"], root, env) == head
+    assert len(_dvc(repo, "exp", "list", "--name-only").split()) == 1
+    changed = {line[3:] for line in _run(["git", "status", "--porcelain"], root, env).splitlines()}
+    assert {"params.yaml", "dvc.lock", "metrics/evaluate.json"} <= changed
+    assert "up to date" in _dvc(repo, "status")
 
 
 def test_a_queued_prune_ratio_sweep_does_not_retrain(repo):

@@ -64,27 +64,33 @@ def reference_copy(tiny_run, tmp_path):
     return shutil.copytree(tiny_run.reference, tmp_path / "reference")
 
 
-def test_statistics_from_another_torch_fidelity_version_are_refused(tiny_run, tiny_configs, reference_copy):
+def test_statistics_from_another_torch_fidelity_version_are_refused(tiny_run, tiny_configs, reference_copy,
+                                                                    reliability):
+    reliability.bad_input()
     info_path = reference_copy / INFO_FILE
     info_path.write_text(json.dumps(json.loads(info_path.read_text()) | {"torch_fidelity_version": "0.0.1"}))
     with pytest.raises(UserError, match=r"torch-fidelity 0\.0\.1, this environment has .*dvc repro reference"):
         make_protocol(tiny_configs["evaluate"], tiny_configs["reference"], reference_copy, tiny_run.featurizer)
 
 
-def test_statistics_for_other_params_are_refused(tiny_run, tiny_configs, reference_copy):
+def test_statistics_for_other_params_are_refused(tiny_run, tiny_configs, reference_copy, reliability):
+    reliability.bad_input()
     cfg = dataclasses.replace(tiny_configs["reference"], split="test")
     with pytest.raises(UserError, match=r"computed with split 'train' but params say reference.split 'test'"):
         make_protocol(tiny_configs["evaluate"], cfg, reference_copy, tiny_run.featurizer)
 
 
-def test_statistics_of_other_extractor_weights_are_refused(tiny_run, tiny_configs, reference_copy, tmp_path):
+def test_statistics_of_other_extractor_weights_are_refused(tiny_run, tiny_configs, reference_copy, tmp_path,
+                                                           reliability):
+    reliability.bad_input()
     other = tmp_path / "other.safetensors"
     save_featurizer(DomainFeatureNet(1, 10), other)
     with pytest.raises(UserError, match="computed with different domain weights"):
         make_protocol(tiny_configs["evaluate"], tiny_configs["reference"], reference_copy, other)
 
 
-def test_a_missing_cache_file_is_named(tiny_run, tiny_configs, reference_copy):
+def test_a_missing_cache_file_is_named(tiny_run, tiny_configs, reference_copy, reliability):
+    reliability.bad_input()
     victim = sorted(p for p in reference_copy.iterdir() if p.suffix == ".pt")[0]
     victim.unlink()
     with pytest.raises(UserError, match=f"{victim.name}: missing from the reference statistics"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -17,10 +18,13 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from ganforge.serving.generate import generate
@@ -110,13 +114,17 @@ def test_same_seed_same_bytes_and_truncation_changes_images(server):
     assert truncated[0] == 200 and truncated[2] != first[2]
 
 
-@pytest.mark.parametrize("query", [
-    "/generate?n=0", f"/generate?n={MAX_N + 1}", "/generate?n=abc", "/generate?n=", "/generate?n=1e3",
-    "/generate?seed=-1", "/generate?seed=1.5", "/generate?seed=abc", f"/generate?seed={2**63}",
+BAD_QUERIES = [
+    "/generate?n=0", f"/generate?n={MAX_N + 1}", f"/generate?n={10**12}", "/generate?n=abc", "/generate?n=",
+    "/generate?n=1e3", "/generate?seed=-1", "/generate?seed=1.5", "/generate?seed=abc", f"/generate?seed={2**63}",
     "/generate?format=gif", "/generate?truncation=0", "/generate?truncation=nan", "/generate?truncation=-1",
-    "/generate?n=%ff%fe", "/nope", "/generate/x",
-])
-def test_bad_input_gets_a_4xx_json_error(server, query):
+    "/generate?n=%ff%fe", "/generate?n=%zz", "/generate?&&=&n", "/nope", "/generate/x",
+]
+
+
+@pytest.mark.parametrize("query", BAD_QUERIES)
+def test_bad_input_gets_a_4xx_json_error(server, query, reliability):
+    reliability.bad_input()
     status, content_type, body = server.get(query)
     assert 400 <= status < 500, (query, status, body)
     assert content_type == "application/json" and json.loads(body)["error"]
@@ -144,13 +152,63 @@ def test_concurrent_requests_get_the_same_images_as_sequential_ones(server):
     assert all(body == sequential[seed] for seed, (_, _, body) in zip(seeds, answers, strict=True))
 
 
+def test_a_hundred_concurrent_requests_get_no_5xx_and_memory_stays_bounded(server, reliability):
+    queries = [f"/generate?n=4&seed={i}" if i % 2 else BAD_QUERIES[i // 2 % len(BAD_QUERIES)] for i in range(100)]
+    process = psutil.Process(server.process.pid)
+
+    def burst() -> list[int]:
+        with ThreadPoolExecutor(max_workers=100) as pool:
+            return [status for status, _, _ in pool.map(server.get, queries)]
+
+    rss = []
+    for _ in range(3):
+        statuses = burst()
+        reliability.bad_input(len(queries) // 2)
+        assert all(status == 200 if i % 2 else 400 <= status < 500 for i, status in enumerate(statuses)), statuses
+        rss.append(process.memory_info().rss)
+    assert server.process.poll() is None and server.get("/healthz")[0] == 200
+    assert rss[2] - rss[1] < 32 * 2**20, f"server memory grew from burst to burst: {rss}"
+
+
+def raw_get(server: Server, target: str) -> tuple[int, str, bytes]:
+    """GET a request target exactly as given (urllib would refuse or re-quote odd ones)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("GET", target)
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type", ""), response.read()
+    finally:
+        connection.close()
+
+
+_TEXT = st.characters(codec="utf-8")  # anything a URL can carry once percent-encoded
+_KEYS = st.sampled_from(["n", "seed", "format", "truncation"]) | st.text(_TEXT, max_size=6)
+_VALUES = (st.sampled_from(["1", "4", "0", "-1", "1e3", "nan", "inf", "grid", "zip", "", "%", "%zz", "%00"])
+           | st.text(_TEXT, max_size=12) | st.integers().map(str) | st.floats().map(str))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/generate", "/healthz", "/metrics", "/"]) | st.text(_TEXT, max_size=10).map("/".__add__),
+       pairs=st.lists(st.tuples(_KEYS, _VALUES), max_size=4), keep_escapes=st.booleans())
+def test_fuzzed_requests_never_get_a_5xx(server, reliability, path, pairs, keep_escapes):
+    safe = "%+" if keep_escapes else ""  # keeping '%' lets broken escapes such as %zz through unquoted
+    query = "&".join(f"{quote(key, safe=safe)}={quote(value, safe=safe)}" for key, value in pairs)
+    status, content_type, body = raw_get(server, quote(path, safe="/") + (f"?{query}" if query else ""))
+    assert status < 500, (path, pairs, status, body[:300])
+    if status >= 400:
+        reliability.bad_input()
+        assert content_type == "application/json" and json.loads(body)["error"]
+
+
 def test_binds_to_loopback_by_default(server):
     listening = [c.laddr for c in psutil.Process(server.process.pid).net_connections(kind="inet")
                  if c.status == psutil.CONN_LISTEN]
     assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
 
 
-def test_refuses_a_tampered_package_before_serving(package_copy):
+def test_refuses_a_tampered_package_before_serving(package_copy, reliability):
+    reliability.bad_input()
     (package_copy / "config.json").write_text("{}")
     result = subprocess.run([sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package_copy),
                              "--port", str(free_port())], capture_output=True, text=True, timeout=120)

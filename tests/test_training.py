@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from ganforge.errors import UserError
+from ganforge.errors import Interrupted, UserError
 from ganforge.models import load_generator
-from ganforge.training.checkpoint import load_checkpoint, save_checkpoint
+from ganforge.training.checkpoint import (
+    load_checkpoint,
+    load_latest_checkpoint,
+    previous_checkpoint,
+    save_checkpoint,
+)
 from ganforge.training.ema import GeneratorEMA
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _quiet(cfg, **changes):
@@ -57,12 +65,115 @@ def test_ema_half_life():
     assert ema.average.weight.item() == pytest.approx(0.5)
 
 
-def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, reliability):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"w": torch.randn(100)})
     path.write_bytes(path.read_bytes()[:50])
+    reliability.fault()
     with pytest.raises(UserError, match="unreadable checkpoint"):
         load_checkpoint(path)
+    with pytest.raises(UserError, match=r"no previous checkpoint to fall back to: delete .*c.pt to start from scratch"):
+        load_latest_checkpoint(path)
+
+
+def _interrupt_at(monkeypatch, loop, call: int) -> None:
+    """Make the ``call``-th G loss raise KeyboardInterrupt, as Ctrl-C would mid-step."""
+    real_loss, calls = loop.generator_loss, {"n": 0}
+
+    def interrupted(kind, logits):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_loss(kind, logits)
+
+    monkeypatch.setattr(loop, "generator_loss", interrupted)
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_and_ends_identical(tmp_path, tiny_run, tiny_configs,
+                                                                                monkeypatch, capsys, reliability):
+    from ganforge.training import loop
+
+    cfg = _quiet(tiny_configs["train"], kimg=1.0, checkpoint_kimg=0.2)  # 31 steps, a checkpoint every 6
+    loop.train(cfg, tiny_run.prepared, tmp_path / "straight", tmp_path / "live_straight")
+    _interrupt_at(monkeypatch, loop, call=20)
+    reliability.fault()
+    with pytest.raises(Interrupted, match=r"the last checkpoint, \S+checkpoint.pt at 0.6 kimg, is intact"):
+        loop.train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
+    monkeypatch.undo()
+    newest = tmp_path / "out" / "checkpoint.pt"
+    previous = previous_checkpoint(newest)
+    assert load_checkpoint(previous)["step"] == 12 and load_checkpoint(newest)["step"] == 18
+
+    reliability.fault()
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a crash of the disk rather than of ganforge
+    capsys.readouterr()
+    loop.train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
+    err = capsys.readouterr().err
+    assert "unreadable checkpoint" in err and f"falling back to the previous checkpoint, {previous}" in err
+    assert f"resuming from {previous} at 0.4 kimg" in err
+    generator = "generator.safetensors"
+    assert (tmp_path / "out" / generator).read_bytes() == (tmp_path / "straight" / generator).read_bytes()
+    final, straight = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("out", "straight"))
+    assert all(torch.equal(final["discriminator"][k], v) for k, v in straight["discriminator"].items())
+
+
+def test_a_checkpoint_write_that_fails_partway_keeps_the_previous_file(tmp_path, monkeypatch, capsys, reliability):
+    import errno
+
+    from ganforge.entry import run_main
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.randn(1000)})
+    reliability.guard(path)
+
+    def disk_full(obj, f):
+        Path(f).write_bytes(b"the first bytes")
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    reliability.fault()
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda: save_checkpoint(path, {"step": 2, "w": torch.randn(1000)}, keep_previous=True), "train")
+    monkeypatch.undo()
+    reliability.check_guarded()
+    assert exit_.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("train: error: ") and "No space left on device" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left behind, nothing rotated
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_names_it(tmp_path, tiny_run, reliability):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    settings = {"kimg": 8.0, "batch_size": 32, "log_interval_kimg": 0.5, "checkpoint_kimg": 0.4, "ema_kimg": 0.5,
+                "snapshot_kimg": 0, "fid_interval_kimg": 0}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": settings}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "stages/train.py"), "--params", str(params), "--data", str(tiny_run.prepared),
+           "--out", str(out), "--live", str(tmp_path / "live")]
+    victim = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reliability.fault()
+    victim.send_signal(signal.SIGINT)
+    _, stderr = victim.communicate(timeout=120)
+    assert victim.returncode == 130, stderr[-2000:]
+    line = stderr.strip().splitlines()[-1]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert 0 < state["step"] < 250, "the interrupt must land mid-run for this test to mean anything"
+    assert line == (f"train: training interrupted; the last checkpoint, {out / 'checkpoint.pt'} at "
+                    f"{state['cur_nimg'] / 1000:.1f} kimg, is intact: run again to resume"), line
+    assert "Traceback" not in stderr
 
 
 _RUN_TRAINING = """
@@ -78,7 +189,7 @@ train(cfg, {data!r}, sys.argv[1], sys.argv[2], featurizer_path={featurizer!r})
 """
 
 
-def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_run):
+def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_run, reliability):
     import os
     import signal
     import subprocess
@@ -98,6 +209,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     deadline = time.monotonic() + 300
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+    reliability.fault()
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     interrupted_at = load_checkpoint(checkpoint)["step"]
@@ -130,7 +242,8 @@ def test_finished_or_foreign_checkpoint_starts_from_scratch(tmp_path, tiny_run, 
     assert "from other params or data; starting from scratch" in capsys.readouterr().err
 
 
-def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_run, tiny_configs, monkeypatch):
+def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_run, tiny_configs, monkeypatch,
+                                                             reliability):
     from ganforge.training import loop
 
     cfg = _quiet(tiny_configs["train"], kimg=1.0, checkpoint_kimg=0.2)
@@ -142,6 +255,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_run
         return real_loss(kind, logits) * (float("nan") if calls["n"] == 20 else 1.0)
 
     monkeypatch.setattr(loop, "generator_loss", poisoned)
+    reliability.fault()
     with pytest.raises(UserError, match=r"training diverged: loss_g is nan at step 19 .* last good checkpoint"):
         loop.train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live")
     state = load_checkpoint(tmp_path / "out" / "checkpoint.pt")

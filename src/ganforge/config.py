@@ -362,6 +362,8 @@ def read_params(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     try:
         params = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -402,13 +404,18 @@ def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "params
     known = {f.name: f for f in dataclasses.fields(cls)}
     checked = {}
     for key, value in values.items():
-        label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{key}"
+        label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{_printable(key)}"
         if key not in known:
             section_keys = sorted(k for k in known if k not in cls.TOP_LEVEL)
             raise UserError(f"{source}: {label}: unknown key (known: {', '.join(section_keys)})")
         meta = dict(known[key].metadata) or _TOP_LEVEL_FIELDS.get(key, {})
         checked[key] = _check_value(f"{source}: {label}", value, hints[key], meta)
     return cls(**checked)
+
+
+def _printable(key: Any) -> str:
+    """A key as it reads in an error line: plain when it is a plain word, else quoted (a newline stays one line)."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
 
 
 def config_to_dict(cfg: StageConfig) -> dict[str, Any]:

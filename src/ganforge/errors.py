@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message must name the offending key, file or value.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) with a message saying what was kept; entry points print it and exit with code 130."""

@@ -46,10 +46,14 @@ def nearest_neighbour_grid(generator: torch.nn.Module, z_dim: int, featurizer_pa
 
 def evaluate(cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str | Path, data_dir: str | Path,
              featurizer_path: str | Path, reference_dir: str | Path, metrics_path: str | Path, grid_path: str | Path,
-             nearest_path: str | Path) -> dict[str, Any]:
+             nearest_path: str | Path, speed_path: str | Path) -> dict[str, Any]:
     """Score the train stage's ``cfg.generator`` (best or last) with torch-fidelity against the reference
     stage's statistics, measure its speed, and write the metrics JSON, a sample grid and a nearest-neighbour
-    grid (in the domain feature space, whichever extractor scores)."""
+    grid (in the domain feature space, whichever extractor scores).
+
+    Quality goes to ``metrics_path`` and speed to ``speed_path``: the same params and seed give a bit-identical
+    quality file on the same machine, while timings differ from run to run. Returns both merged.
+    """
     generator, spec = load_generator(trained_generator_path(train_dir, cfg.generator))
     protocol = make_protocol(cfg, reference_cfg, reference_dir, featurizer_path)
     metrics: dict[str, Any] = score_generator(generator, spec.z_dim, protocol)
@@ -58,12 +62,14 @@ def evaluate(cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str
                              for psi in cfg.truncation_psis}
     at_batch = time_generators({"g": generator}, spec.z_dim, cfg.speed_batch, 3, cfg.speed_repeats, cfg.seed)["g"]
     at_one = time_generators({"g": generator}, spec.z_dim, 1, 3, cfg.speed_repeats, cfg.seed)["g"]
-    metrics |= {"img_per_s": at_batch.img_per_s, "img_per_s_min": at_batch.img_per_s_min,
-                "img_per_s_max": at_batch.img_per_s_max, "latency_ms_batch1": at_one.ms_per_batch}
-    metrics["protocol"] = protocol.describe() | {"speed_batch": cfg.speed_batch, "speed_repeats": cfg.speed_repeats,
-                                                 "torch_threads": torch.get_num_threads()}
+    speed = {"img_per_s": at_batch.img_per_s, "img_per_s_min": at_batch.img_per_s_min,
+             "img_per_s_max": at_batch.img_per_s_max, "latency_ms_batch1": at_one.ms_per_batch,
+             "protocol": {"speed_batch": cfg.speed_batch, "speed_repeats": cfg.speed_repeats,
+                          "torch_threads": torch.get_num_threads()}}
+    metrics["protocol"] = protocol.describe()
     write_json(metrics_path, metrics)
+    write_json(speed_path, speed)
     sample_grid(generator, spec.z_dim, cfg.grid_size, cfg.seed, grid_path)
     nearest_neighbour_grid(generator, spec.z_dim, featurizer_path, data_dir, cfg.nearest_count, cfg.seed,
                            nearest_path)
-    return metrics
+    return metrics | speed

@@ -3,7 +3,9 @@ and the RNG states a bit-identical resume needs."""
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,23 @@ from ganforge.errors import UserError
 from ganforge.files import atomic_path
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: the previous file stays intact until the new one is complete."""
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint it replaced: ``checkpoint-previous.pt`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-previous{path.suffix}")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write a checkpoint atomically: the previous file stays intact until the new one is complete.
+
+    With ``keep_previous`` the replaced checkpoint moves to :func:`previous_checkpoint`, the fallback of
+    :func:`load_latest_checkpoint` when the newest one turns out unreadable.
+    """
+    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        if keep_previous and path.is_file():
+            os.replace(path, previous_checkpoint(path))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -29,6 +44,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: checkpoint not found") from None
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_latest_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint at ``path`` and where it came from, or None when there is none.
+
+    An unreadable one (truncated, corrupt, or missing because a save was cut short) falls back to
+    :func:`previous_checkpoint`, saying so on stderr. With no previous checkpoint it is a :class:`UserError`:
+    training never silently restarts from zero.
+    """
+    path = Path(path)
+    previous = previous_checkpoint(path)
+    if not path.is_file():
+        if not previous.is_file():
+            return None
+        print(f"train: {path} is missing but {previous} is there (a save was cut short); resuming from it",
+              file=sys.stderr)
+        return load_checkpoint(previous), previous
+    try:
+        return load_checkpoint(path), path
+    except UserError as e:
+        if not previous.is_file():
+            raise UserError(f"{e}; there is no previous checkpoint to fall back to: delete {path} to start "
+                            "from scratch") from None
+        print(f"train: {e}; falling back to the previous checkpoint, {previous}", file=sys.stderr)
+        return load_checkpoint(previous), previous
 
 
 def capture_rng() -> dict[str, Any]:

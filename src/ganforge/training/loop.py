@@ -42,11 +42,16 @@ from ganforge.distributed import (
     sync_gradients,
     world_size,
 )
-from ganforge.errors import UserError
+from ganforge.errors import Interrupted, UserError
 from ganforge.files import atomic_dir, write_json
 from ganforge.models import GeneratorSpec, build_discriminator, build_generator, save_generator
 from ganforge.models.registry import BEST_GENERATOR, LAST_GENERATOR
-from ganforge.training.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from ganforge.training.checkpoint import (
+    capture_rng,
+    load_latest_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from ganforge.training.ema import GeneratorEMA
 from ganforge.training.losses import discriminator_loss, generator_loss, r1_penalty
 from ganforge.training.monitor import InLoopFID, SampleGrid
@@ -90,12 +95,16 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
             that compare architectures at equal wall time use it; single process only).
     """
     device = resolve_device(cfg.device)
-    with process_group(device, cfg.collective_timeout_s):
-        return _train(cfg, Path(data_dir), Path(out_dir), Path(live_dir), featurizer_path, time_limit_s, device)
+    try:
+        with process_group(device, cfg.collective_timeout_s), contextlib.ExitStack() as cleanup:
+            return _train(cfg, Path(data_dir), Path(out_dir), Path(live_dir), featurizer_path, time_limit_s, device,
+                          cleanup)
+    except KeyboardInterrupt:
+        raise Interrupted(f"training interrupted; {_kept_checkpoint(Path(out_dir) / CHECKPOINT)}") from None
 
 
 def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, featurizer_path: str | Path | None,
-           time_limit_s: float | None, device: torch.device) -> TrainResult:
+           time_limit_s: float | None, device: torch.device, cleanup: contextlib.ExitStack) -> TrainResult:
     world, main = world_size(), is_main_process()
     split = load_split(data_dir, "train")
     if cfg.batch_size % world:
@@ -178,9 +187,10 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
 
     window = _Window()
     cur_nimg = first_step * cfg.batch_size
-    progress = tqdm(total=round(total_steps * cfg.batch_size / 1000, 3), initial=round(cur_nimg / 1000, 3),
-                    unit="kimg", desc="train", disable=not main, mininterval=1.0,
-                    bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]")
+    progress = cleanup.enter_context(tqdm(  # closed before an interrupt's message is printed
+        total=round(total_steps * cfg.batch_size / 1000, 3), initial=round(cur_nimg / 1000, 3), unit="kimg",
+        desc="train", disable=not main, mininterval=1.0,
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]"))
     start = time.perf_counter()
     step, out_of_time = first_step, False
     while step < total_steps:
@@ -277,7 +287,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
             broadcast_state(generator, discriminator)  # BatchNorm statistics are per rank between syncs
             rank_states = gather_to_main(rank_state())
             if main:
-                save_checkpoint(checkpoint_path, snapshot(step, rank_states))
+                save_checkpoint(checkpoint_path, snapshot(step, rank_states), keep_previous=True)
     progress.close()
     elapsed_s = time.perf_counter() - start
 
@@ -381,13 +391,26 @@ def _check_finite(name: str, loss: torch.Tensor, step: int, batch_size: int, che
                         f"({step * batch_size / 1000:.1f} kimg); {kept}")
 
 
+def _kept_checkpoint(path: Path) -> str:
+    """What an interrupted run left on disk, read back to check it, for the one-line message."""
+    try:
+        latest = load_latest_checkpoint(path)
+    except UserError as e:
+        return f"the last checkpoint is unreadable: {e}"
+    if latest is None:
+        return "no checkpoint was written yet, so a rerun starts from scratch"
+    state, where = latest
+    return f"the last checkpoint, {where} at {state['cur_nimg'] / 1000:.1f} kimg, is intact: run again to resume"
+
+
 def _resume(path: Path, fingerprint: dict, total_steps: int, shared: dict[str, Any],
             load_rank_state: Callable[[dict[str, Any] | None, int], None]) -> tuple[int, dict[str, Any] | None]:
     """Load an unfinished checkpoint of the same params and data; return (step to start at, best-so-far).
 
     Rank 0 reads the checkpoint and hands each rank the state it needs, so ranks on other nodes need no
     shared filesystem. A finished checkpoint, or one from other params or data, is left alone and training
-    starts at step 0, saying so. A corrupt checkpoint is a :class:`UserError`, never a silent restart.
+    starts at step 0, saying so. A corrupt checkpoint falls back to the previous one; with none to fall back
+    to it is a :class:`UserError`, never a silent restart.
     """
     handouts = None
     if is_main_process():
@@ -406,19 +429,19 @@ def _resume(path: Path, fingerprint: dict, total_steps: int, shared: dict[str, A
     for name, part in shared.items():
         part.load_state_dict(state[name])
     load_rank_state(own, int(state["step"]))
-    if is_main_process():
-        print(f"train: resuming from {path} at {state['cur_nimg'] / 1000:.1f} kimg", file=sys.stderr)
     return int(state["step"]), state["best"]
 
 
 def _usable_checkpoint(path: Path, fingerprint: dict, total_steps: int) -> dict[str, Any] | None:
-    if not path.is_file():
+    latest = load_latest_checkpoint(path)
+    if latest is None:
         return None
-    state = load_checkpoint(path)
+    state, path = latest
     if state.get("fingerprint") != fingerprint:
         print(f"train: {path} is from other params or data; starting from scratch", file=sys.stderr)
         return None
     if state["step"] >= total_steps:
         print(f"train: {path} is a finished run; starting from scratch", file=sys.stderr)
         return None
+    print(f"train: resuming from {path} at {state['cur_nimg'] / 1000:.1f} kimg", file=sys.stderr)
     return state
