@@ -92,6 +92,7 @@ def test_each_ranks_step_time_is_logged(two_process_run):
         assert len(rows) > 2 and all(float(r.split("\t")[1]) > 0 for r in rows[1:])
 
 
+@pytest.mark.slow
 def test_a_stalled_rank_times_out_with_an_error_naming_the_rank(tmp_path, tiny_run, reliability):
     reliability.fault()
     result = _torchrun(tmp_path, tiny_run.prepared, "stalled", {"collective_timeout_s": 3}, fault="stall")
@@ -99,6 +100,7 @@ def test_a_stalled_rank_times_out_with_an_error_naming_the_rank(tmp_path, tiny_r
     assert "train: error: rank 0 of 2: gradient all-reduce failed within the 3 s collective timeout" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarts_from_the_last_checkpoint_and_ends_identical(tmp_path, tiny_run,
                                                                                two_process_run, reliability):
     reliability.fault()

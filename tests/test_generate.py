@@ -23,6 +23,7 @@ def test_truncated_latents_stay_within_psi_and_keep_their_place():
     assert torch.equal(latents(5, 100, 50, 8, psi=0.7), truncated[100:150])
 
 
+@pytest.mark.slow
 def test_truncation_changes_images_deterministically(tiny_run, tmp_path):
     run = lambda name, *extra: subprocess.run(  # noqa: E731
         [*CLI, "--package", str(tiny_run.package), "-n", "8", "--out", str(tmp_path / name), *extra],
@@ -36,6 +37,7 @@ def test_truncation_changes_images_deterministically(tiny_run, tmp_path):
     assert any((tmp_path / "a" / f).read_bytes() != (tmp_path / "c" / f).read_bytes() for f in files)
 
 
+@pytest.mark.slow
 def test_torchrun_shards_byte_identical_to_one_process(tiny_run, tmp_path):
     args = ["--package", str(tiny_run.package), "-n", "37", "--batch", "5", "--seed", "3"]
     single = subprocess.run([*CLI, *args, "--out", str(tmp_path / "one"), "--grid", str(tmp_path / "one.png")],

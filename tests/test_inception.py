@@ -32,6 +32,7 @@ def stand_in_weights(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_inception_scores_a_grey_generator_from_a_local_weights_file(tmp_path, stand_in_weights):
     from ganforge.data.prepare import prepare
 

@@ -189,6 +189,7 @@ train(cfg, {data!r}, sys.argv[1], sys.argv[2], featurizer_path={featurizer!r})
 """
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_run, reliability):
     import os
     import signal
