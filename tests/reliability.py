@@ -68,17 +68,21 @@ class Tally:
         self.guarded.clear()
         assert not changed, f"changed or lost by the fault: {', '.join(changed)}"
 
+    def add(self, other: Tally) -> None:
+        """Add a finished test's counts; paths it guarded but never checked (it failed first) count as lost."""
+        self.bad_inputs += other.bad_inputs
+        self.faults += other.faults
+        self.kept += other.kept
+        self.lost += other.lost + len(other.guarded)
+
 
 @dataclasses.dataclass
 class _Run:
     tests: int = 0
     passed: int = 0
     crashes: int = 0
-    bad_inputs: int = 0
-    faults: int = 0
-    kept: int = 0
-    lost: int = 0
     call_s: float = 0.0
+    totals: Tally = dataclasses.field(default_factory=Tally)
 
 
 _RUN = _Run()
@@ -114,9 +118,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def reliability():
     tally = Tally()
     yield tally
-    tally.lost += len(tally.guarded)  # guarded but never checked: the test failed before it could look
-    for name in ("bad_inputs", "faults", "kept", "lost"):
-        setattr(_RUN, name, getattr(_RUN, name) + getattr(tally, name))
+    _RUN.totals.add(tally)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -130,9 +132,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "",
         "| | count |",
         "|---|---|",
-        f"| bad inputs tried | {_RUN.bad_inputs:,} |",
-        f"| faults injected | {_RUN.faults:,} |",
-        f"| files and directories checked unchanged after a fault | {_RUN.kept:,} |",
+        f"| bad inputs tried | {_RUN.totals.bad_inputs:,} |",
+        f"| faults injected | {_RUN.totals.faults:,} |",
+        f"| files and directories checked unchanged after a fault | {_RUN.totals.kept:,} |",
         f"| crashes (a test failing with an exception, not a failed check) | {_RUN.crashes} |",
-        f"| data or checkpoints lost | {_RUN.lost} |",
+        f"| data or checkpoints lost | {_RUN.totals.lost} |",
     ])
