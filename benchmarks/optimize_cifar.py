@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "deploy_batch": metrics["batch"], "gemm_gflops": metrics["gemm_gflops"],
         "best_compressed": {reading: best_compressed(rows, steps) for reading, steps in COMPRESSION_READINGS.items()},
         "distillation": metrics.get("distillation"), "int8_float_layers": metrics.get("int8_float_layers"),
-        "skipped": metrics.get("skipped", {}), "rows": rows,
+        "skipped": metrics.get("skipped", {}), "failed": metrics.get("failed", {}), "rows": rows,
     }
 
 
@@ -135,6 +135,8 @@ def render(results: dict) -> None:
                      f"{r['macs'] / 1e6:.2f} | {r['params']:,} | {r['size_bytes'] / 2**20:.2f} |")
     for name, why in results["skipped"].items():
         lines.append(f"| `{name}` | skipped: {why} ||||||||")
+    for name, why in results.get("failed", {}).items():
+        lines.append(f"| `{name}` | failed to build: {why} ||||||||")
     write_doc_section("optimize-cifar", lines)
 
 

@@ -58,7 +58,8 @@ def run(work: Path) -> dict:
     best_fp32 = max(fp32_unpruned, key=lambda name: rows[name]["img_per_s_batch256"])
     return {
         "machine": machine(), "targets": TARGETS, "variants_measured": list(rows),
-        "skipped": metrics.get("skipped", {}), "gemm_gflops": metrics["gemm_gflops"],
+        "skipped": metrics.get("skipped", {}), "failed": metrics.get("failed", {}),
+        "gemm_gflops": metrics["gemm_gflops"],
         "winner": metrics["winner"], "deploy_batch": metrics["batch"],
         "winner_speedup_batch256": winner["img_per_s_batch256"] / baseline["img_per_s_batch256"],
         "winner_fid_ratio": winner["fid"] / baseline["fid"],
@@ -140,6 +141,8 @@ def render(results: dict) -> None:
                      f"{r['build_s']:.1f} |")
     for name, why in results["skipped"].items():
         lines.append(f"| `{name}` | skipped: {why} |||||||||||| ")
+    for name, why in results.get("failed", {}).items():
+        lines.append(f"| `{name}` | failed to build: {why} |||||||||||| ")
     fp32, fused = (results["layer_profile_batch256"][name] for name in ("fp32", "fused"))
     gemm = results["gemm_gflops"]
     lines += ["", "Where the unpruned generator's time goes at batch 256 (each leaf module timed by forward hooks, "

@@ -1,4 +1,4 @@
-"""optimize: build fp32 / BN-folded / int8 variants, measure speed and FID, keep the fastest within budget."""
+"""optimize: build the optimize.variants, measure speed and FID, keep the fastest within budget."""
 
 import argparse
 
@@ -25,6 +25,10 @@ def main() -> None:
     print(f"optimize: winner {metrics['winner']} at {metrics['winner_img_per_s']:.0f} img/s "
           f"({metrics['winner_speedup']:.2f}x fp32), FID {metrics['winner_fid']:.3f} "
           f"(budget {metrics['fid_budget']:.3f}) -> {args.out}")
+    for name, why in metrics.get("skipped", {}).items():
+        print(f"optimize: skipped {name}: {why}")
+    for name, why in metrics.get("failed", {}).items():
+        print(f"optimize: {name} failed to build: {why}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from ganforge.optimization.variants import (
     batchnorm_fold_pairs,
     build_variant,
     fold_batchnorm,
-    is_subpixel_convertible,
+    is_stride2_upsampling,
     reduced_precision_support,
     variant_steps,
 )
@@ -84,14 +84,16 @@ def test_optimize_outputs(tiny_run, tiny_configs):
     assert metrics["threads"] >= 1 and metrics["gemm_gflops"] > 0
     with open(tiny_run.optimize_table) as f:
         rows = list(csv.DictReader(f))
-    assert [r["variant"] for r in rows] == list(variants)
+    assert [r["variant"] for r in rows if r["status"] == "ok"] == list(variants)
+    assert {r["variant"]: r["status"] for r in rows if r["status"] != "ok"} == {
+        name: f"skipped: {why}" for name, why in metrics.get("skipped", {}).items()}
     recipe = json.loads((tiny_run.optimized / "recipe.json").read_text())
     assert recipe["variant"] == metrics["winner"]
 
 
 @pytest.mark.parametrize("name, steps", [("fp32", ()), ("fused", ("fused",)), ("pruned+bf16+compiled",
                                           ("pruned", "bf16", "compiled")), ("pruned+onnxruntime",
-                                          ("pruned", "onnxruntime"))])
+                                          ("pruned", "onnxruntime")), ("pruned+banded", ("pruned", "banded"))])
 def test_variant_names_parse_into_steps(name, steps):
     assert variant_steps(name) == steps
 
@@ -99,7 +101,8 @@ def test_variant_names_parse_into_steps(name, steps):
 @pytest.mark.parametrize("name, message", [
     ("fast", "unknown step 'fast'"), ("fused+pruned", "at most one step of each kind, in the order"),
     ("fused+int8", "at most one step of each kind"), ("int8+onnxruntime", "the ONNX export is of the float model"),
-    ("int8+compiled", "torch.compile does not take"),
+    ("int8+compiled", "torch.compile does not take"), ("banded+onnxruntime", "the ONNX export is of the float model"),
+    ("fused+banded", "at most one step of each kind"),
 ])
 def test_bad_variant_names_are_one_line_errors(name, message, reliability):
     reliability.bad_input()
@@ -194,7 +197,7 @@ def test_every_architecture_folds_quantizes_and_exports(tmp_path, arch, width):
     z = torch.randn(16, spec.z_dim)
     reference = generator(z)
     fused = build_variant(Recipe("fused"), generator, spec.z_dim)
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or is_subpixel_convertible(m)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or is_stride2_upsampling(m)
                    for m in fused.modules())  # BN folded; stride-2 transposed convs in sub-pixel form
     assert torch.allclose(fused(z), reference, atol=1e-4)
     int8 = build_variant(Recipe("int8", calibration_batches=4, calibration_batch_size=32), generator, spec.z_dim)
@@ -215,3 +218,82 @@ def test_sub_pixel_form_equals_the_transposed_conv(c_in, c_out, side, bias):
         expected, got = convt(x), SubPixelConvTranspose(convt)(x)
     assert got.shape == expected.shape == (4, c_out, 2 * side, 2 * side)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def _with_batchnorm_statistics(spec: GeneratorSpec, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    generator = build_generator(spec)
+    with torch.no_grad():  # a few train-mode batches give BatchNorm non-trivial statistics to fold
+        for _ in range(3):
+            generator(torch.randn(32, spec.z_dim))
+    return generator.eval()
+
+
+@pytest.mark.parametrize("spec", [GeneratorSpec("seed", 100, 32, 1), GeneratorSpec("seed", 16, 16, 3),
+                                  GeneratorSpec("dcgan", 16, 32, 3, 0.25)], ids=["seed-32x1", "seed-16x3", "dcgan"])
+def test_banded_form_equals_the_float_generator(spec):
+    from ganforge.optimization.banded import BandedUpsampling
+
+    generator = _with_batchnorm_statistics(spec)
+    banded = build_variant(Recipe("banded"), generator, spec.z_dim)
+    assert any(isinstance(m, BandedUpsampling) for m in banded.modules())
+    assert not any(is_stride2_upsampling(m) for m in banded.modules())  # every stride-2 conv lowered
+    with torch.no_grad():
+        for batch in (1, 3, 17):
+            z = torch.randn(batch, spec.z_dim)
+            expected, got = generator(z), banded(z)
+            assert got.shape == expected.shape and got.is_contiguous()
+            assert torch.allclose(got, expected, atol=1e-5), (batch, (got - expected).abs().max())
+
+
+def test_banded_form_of_a_pruned_generator_equals_it(tiny_run):
+    generator, spec = _generator(tiny_run)
+    pruned = prune_generator(generator, spec.z_dim, 0.7, "l1")
+    z = torch.randn(9, spec.z_dim)
+    with torch.no_grad():
+        assert torch.allclose(build_variant(Recipe("pruned+banded"), pruned, spec.z_dim)(z), pruned(z), atol=1e-5)
+
+
+def test_banded_form_is_a_clear_error_where_there_is_nothing_to_lower(reliability):
+    reliability.bad_input()
+    lite = build_generator(GeneratorSpec("lite", 16, 32, 3)).eval()
+    with pytest.raises(UserError, match=r"^banded: LiteGenerator has no stride-2 transposed convolutions"):
+        build_variant(Recipe("banded"), lite, 16)
+
+
+def test_banded_layers_refuse_a_width_they_were_not_built_for():
+    from ganforge.optimization.banded import BandedUpsampling
+
+    convt = torch.nn.ConvTranspose2d(4, 2, kernel_size=4, stride=2, padding=1)
+    layers = BandedUpsampling([(convt, torch.nn.ReLU())], width=8)
+    with pytest.raises(ValueError, match="built for inputs 8 pixels wide, got 4"):
+        layers(torch.randn(2, 4, 4, 4))
+
+
+def test_a_variant_that_fails_to_build_is_reported_and_the_others_go_on(tiny_run, tiny_configs, tmp_path,
+                                                                        monkeypatch, reliability):
+    import dataclasses
+
+    from ganforge.optimization import optimize as optimize_module
+
+    real_build = optimize_module.build_variant
+
+    def build_without_int8_kernels(recipe, *args, **kwargs):
+        if "int8" in recipe.steps:
+            raise RuntimeError("Didn't find engine for operation quantized::conv_transpose2d_prepack NoQEngine\n...")
+        return real_build(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(optimize_module, "build_variant", build_without_int8_kernels)
+    reliability.fault()
+    cfg = dataclasses.replace(tiny_configs["optimize"], variants=("fp32", "int8", "fused"), speed_batches=(16,))
+    table = tmp_path / "optimize.csv"
+    metrics = optimize_module.optimize(cfg, tiny_configs["evaluate"], tiny_configs["reference"], tiny_run.train_dir,
+                                       tiny_run.featurizer, tiny_run.reference, tmp_path / "optimized",
+                                       tmp_path / "optimize.json", table)
+    reason = "RuntimeError: Didn't find engine for operation quantized::conv_transpose2d_prepack NoQEngine"
+    assert metrics["failed"] == {"int8": reason}
+    assert set(metrics["variants"]) == {"fp32", "fused"} and metrics["winner"] in {"fp32", "fused"}
+    with open(table) as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert rows["int8"]["status"] == f"failed: {reason}" and rows["int8"]["img_per_s"] == ""
+    assert rows["fused"]["status"] == "ok" and float(rows["fused"]["img_per_s"]) > 0

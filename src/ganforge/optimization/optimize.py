@@ -16,6 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig
+from ganforge.errors import UserError
 from ganforge.evaluation.protocol import Protocol, make_protocol, score_generator, score_onnx_generator
 from ganforge.files import atomic_dir, atomic_path, write_json
 from ganforge.models import load_generator, save_generator
@@ -43,7 +44,7 @@ from ganforge.optimization.variants import (
 )
 
 TABLE_COLUMNS = ["variant", "img_per_s", "speedup", "fid", "latency_ms_batch1", "macs", "params", "size_bytes",
-                 "peak_mem_mib", "gflops", "ceiling_fraction", "build_s"]
+                 "peak_mem_mib", "gflops", "ceiling_fraction", "build_s", "status"]
 
 
 def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: ReferenceConfig, train_dir: str | Path,
@@ -75,15 +76,24 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
         bases |= {name: pruned for name in names if "pruned" in steps[name]}
 
     batches = sorted(set(cfg.speed_batches) | {1, cfg.batch})  # batch 1 gives the latency
-    modules, build_s = {}, {}
+    modules, build_s, failed = {}, {}, {}
     for name in tqdm(names, desc="optimize: building variants", unit="variant"):
         start = time.perf_counter()
-        modules[name] = build_variant(recipe(name, cfg), bases[name], spec.z_dim, threads=threads)
-        if "compiled" in steps[name]:
-            with torch.inference_mode():  # compile for every timed shape now, so timing sees no compilation
-                for batch in batches:
-                    modules[name](torch.zeros(batch, spec.z_dim))
+        try:
+            modules[name] = build_variant(recipe(name, cfg), bases[name], spec.z_dim, threads=threads)
+            if "compiled" in steps[name]:
+                with torch.inference_mode():  # compile for every timed shape now, so timing sees no compilation
+                    for batch in batches:
+                        modules[name](torch.zeros(batch, spec.z_dim))
+        except Exception as error:  # noqa: BLE001 - a variant this machine cannot build is reported, not fatal
+            if name == BASELINE:
+                raise
+            modules.pop(name, None)
+            failed[name] = failure_reason(error)
+            continue
         build_s[name] = time.perf_counter() - start
+    names = [name for name in names if name not in failed]
+    notes |= {"failed": failed} if failed else {}
     timings = {batch: time_generators(modules, spec.z_dim, batch, cfg.warmup, cfg.repeats, seed=cfg.seed)
                for batch in batches}
     ceiling = gemm_gflops()  # measured in the same run as the variants
@@ -143,7 +153,8 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
         write_json(tmp / RECIPE_FILE, recipe(winner, cfg).to_dict())
         write_json(tmp / REPORT_FILE, metrics | {"protocol": protocol.describe()})
     write_json(metrics_path, metrics)
-    write_table(table_path, rows)
+    write_table(table_path, rows, {name: f"skipped: {why}" for name, why in skipped.items()}
+                | {name: f"failed: {why}" for name, why in failed.items()})
     return metrics
 
 
@@ -176,13 +187,22 @@ def _score(module: nn.Module, z_dim: int, protocol: Protocol) -> dict[str, float
         return score_onnx_generator(path, z_dim, protocol)
 
 
-def write_table(path: str | Path, rows: dict[str, dict[str, Any]]) -> None:
-    """One CSV row per variant: the FID-against-images/s table that ``dvc plots`` draws."""
+def failure_reason(error: Exception) -> str:
+    """One line saying why a variant failed to build: the error's type and the first line of its message."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+    return message if isinstance(error, UserError) else f"{type(error).__name__}: {message}"
+
+
+def write_table(path: str | Path, rows: dict[str, dict[str, Any]], not_measured: dict[str, str] | None = None) -> None:
+    """One CSV row per variant: the FID-against-images/s table that ``dvc plots`` draws. Variants that were
+    skipped or failed to build get a row too, with empty figures and the reason in ``status``."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(TABLE_COLUMNS)
         for name, row in rows.items():
-            writer.writerow([name] + [_round(row[c]) for c in TABLE_COLUMNS[1:]])
+            writer.writerow([name] + [_round(row[c]) for c in TABLE_COLUMNS[1:-1]] + ["ok"])
+        for name, status in (not_measured or {}).items():
+            writer.writerow([name] + [""] * (len(TABLE_COLUMNS) - 2) + [status])
 
 
 def _round(value: Any) -> Any:

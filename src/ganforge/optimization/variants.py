@@ -7,11 +7,13 @@ A variant's name joins its steps with ``+``, at most one of each kind, in this o
 - weights: ``pruned`` (structured channel pruning + distillation, done by the optimize stage; the stored
   weights are already pruned, so rebuilding has nothing to do for it);
 - numerics: ``fused`` (BatchNorm folded, stride-2 transposed convs in sub-pixel form, channels_last),
-  ``int8`` (post-training static quantization), ``bf16`` or ``fp16`` (as ``fused``, with weights and
-  activations in that type);
+  ``banded`` (BatchNorm folded, stride-2 transposed convs lowered to banded matrix multiplies over image rows:
+  see :mod:`ganforge.optimization.banded`), ``int8`` (post-training static quantization), ``bf16`` or ``fp16``
+  (as ``fused``, with weights and activations in that type);
 - runtime: ``compiled`` (``torch.compile``) or ``onnxruntime`` (the ONNX export run by ONNX Runtime).
 
-``fp32`` is the plain eager float model, the baseline. Examples: ``pruned+fused``, ``pruned+bf16+compiled``.
+``fp32`` is the plain eager float model, the baseline. Examples: ``pruned+fused``, ``pruned+banded``,
+``pruned+bf16+compiled``.
 """
 
 from __future__ import annotations
@@ -31,16 +33,18 @@ from torch.ao.quantization import fuse_modules, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from ganforge.errors import UserError
+from ganforge.optimization.banded import band, is_stride2_upsampling
 from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
 BASELINE = "fp32"
 WEIGHT_STEPS = ("pruned",)
-NUMERIC_STEPS = ("fused", "int8", "bf16", "fp16")
+NUMERIC_STEPS = ("fused", "banded", "int8", "bf16", "fp16")
 RUNTIME_STEPS = ("compiled", "onnxruntime")
 _KINDS = (WEIGHT_STEPS, NUMERIC_STEPS, RUNTIME_STEPS)
 _FLOAT_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _NOT_COMBINABLE = {("int8", "compiled"): "torch.compile does not take torch.ao's quantized modules",
                    ("int8", "onnxruntime"): "the ONNX export is of the float model",
+                   ("banded", "onnxruntime"): "the ONNX export is of the float model",
                    ("bf16", "onnxruntime"): "the ONNX export is of the float model",
                    ("fp16", "onnxruntime"): "the ONNX export is of the float model"}
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -153,7 +157,7 @@ class SubPixelConvTranspose(nn.Module):
 
     def __init__(self, convt: nn.ConvTranspose2d) -> None:
         super().__init__()
-        assert is_subpixel_convertible(convt), convt
+        assert is_stride2_upsampling(convt), convt
         c_in, c_out = convt.in_channels, convt.out_channels
         weight = convt.weight.detach()  # (C_in, C_out, 4, 4)
         kernel = torch.zeros(c_out * 4, c_in, 3, 3, dtype=weight.dtype)  # phase (a, b) of channel c: c*4 + a*2 + b
@@ -173,19 +177,12 @@ class SubPixelConvTranspose(nn.Module):
         return F.pixel_shuffle(self.conv(x), 2)  # (B, 4 C_out, H, W) -> (B, C_out, 2H, 2W)
 
 
-def is_subpixel_convertible(module: nn.Module) -> bool:
-    """A plain stride-2, kernel-4, padding-1 transposed conv (the upsampling layer of seed and dcgan)."""
-    return (isinstance(module, nn.ConvTranspose2d) and module.kernel_size == (4, 4) and module.stride == (2, 2)
-            and module.padding == (1, 1) and module.output_padding == (0, 0) and module.dilation == (1, 1)
-            and module.groups == 1)
-
-
 def fuse(generator: nn.Module) -> nn.Module:
     """The ``fused`` form: BatchNorm folded, stride-2 transposed convs in sub-pixel form, channels_last."""
     fused = fold_batchnorm(generator)
     for parent in list(fused.modules()):
         for name, child in list(parent.named_children()):
-            if is_subpixel_convertible(child):
+            if is_stride2_upsampling(child):
                 setattr(parent, name, SubPixelConvTranspose(child))
     return fused.to(memory_format=torch.channels_last)
 
@@ -267,6 +264,8 @@ def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: boo
         module = quantize_int8(generator, z_dim, recipe)
     elif "fused" in steps:
         module = fuse(generator)
+    elif "banded" in steps:
+        module = band(fold_batchnorm(generator), z_dim)
     elif "bf16" in steps or "fp16" in steps:
         module = ReducedPrecision(fuse(generator), _FLOAT_TYPES["bf16" if "bf16" in steps else "fp16"])
     else:
