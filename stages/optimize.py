@@ -4,7 +4,7 @@ import argparse
 
 from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
-from ganforge.optimization.optimize import optimize
+from ganforge.optimization.optimize import optimize, summary_lines
 
 
 def main() -> None:
@@ -22,13 +22,7 @@ def main() -> None:
     reference_cfg = load_stage_config(ReferenceConfig, args.params)
     metrics = optimize(cfg, eval_cfg, reference_cfg, args.train_dir, args.featurizer, args.reference, args.out,
                        args.metrics, args.table)
-    print(f"optimize: winner {metrics['winner']} at {metrics['winner_img_per_s']:.0f} img/s "
-          f"({metrics['winner_speedup']:.2f}x fp32), FID {metrics['winner_fid']:.3f} "
-          f"(budget {metrics['fid_budget']:.3f}) -> {args.out}")
-    for name, why in metrics.get("skipped", {}).items():
-        print(f"optimize: skipped {name}: {why}")
-    for name, why in metrics.get("failed", {}).items():
-        print(f"optimize: {name} failed to build: {why}")
+    print("\n".join(summary_lines(metrics, args.out)))
 
 
 if __name__ == "__main__":

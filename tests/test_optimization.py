@@ -297,3 +297,39 @@ def test_a_variant_that_fails_to_build_is_reported_and_the_others_go_on(tiny_run
         rows = {r["variant"]: r for r in csv.DictReader(f)}
     assert rows["int8"]["status"] == f"failed: {reason}" and rows["int8"]["img_per_s"] == ""
     assert rows["fused"]["status"] == "ok" and float(rows["fused"]["img_per_s"]) > 0
+
+
+def test_when_no_variant_meets_the_budget_the_stage_says_so_and_keeps_the_baseline(tiny_run, tiny_configs, tmp_path,
+                                                                                   reliability):
+    import dataclasses
+
+    from ganforge.optimization.optimize import optimize, summary_lines
+
+    reliability.bad_input()
+    # A budget below the baseline's own FID: only the baseline, which always qualifies, is left.
+    cfg = dataclasses.replace(tiny_configs["optimize"], variants=("fp32", "fused", "int8"), speed_batches=(16,),
+                              max_fid_increase=-0.5)
+    metrics = optimize(cfg, tiny_configs["evaluate"], tiny_configs["reference"], tiny_run.train_dir,
+                       tiny_run.featurizer, tiny_run.reference, tmp_path / "optimized", tmp_path / "optimize.json",
+                       tmp_path / "optimize.csv")
+    assert metrics["winner"] == "fp32"
+    assert metrics["fallback"].startswith(f"no variant met the FID budget {metrics['fid_budget']:.3f}")
+    assert metrics["fallback"].endswith("; falling back to the baseline fp32")
+    assert "fused " in metrics["fallback"] and "int8 " in metrics["fallback"]
+    lines = summary_lines(metrics, tmp_path / "optimized")
+    assert lines[0].startswith("optimize: winner fp32") and lines[1] == f"optimize: {metrics['fallback']}"
+    assert json.loads((tmp_path / "optimized" / "recipe.json").read_text())["variant"] == "fp32"
+
+
+def test_int8_keeps_gating_products_and_the_output_tanh_in_float_and_says_so():
+    from ganforge.optimization.variants import float_layers
+
+    spec = GeneratorSpec("lite", 16, 32, 3)
+    generator = _with_batchnorm_statistics(spec)
+    int8 = build_variant(Recipe("int8", calibration_batches=2, calibration_batch_size=16), generator, spec.z_dim)
+    reported = float_layers(int8)
+    assert any(entry.endswith("(multiply)") for entry in reported)  # the skip-layer gate
+    assert "to_rgb.2 (Tanh)" in reported
+    assert any("quantized" in type(m).__module__ for m in int8.modules())
+    z = torch.randn(8, spec.z_dim)
+    assert (int8(z) - generator(z)).abs().mean() < 0.05

@@ -127,6 +127,12 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
     budget = fid_budget(baseline["fid"], cfg.max_fid_increase)
     winner = select_winner({n: r["img_per_s"] for n, r in rows.items()}, {n: r["fid"] for n, r in rows.items()},
                            BASELINE, budget)
+    over_budget = {name: row["fid"] for name, row in rows.items() if name != BASELINE and row["fid"] > budget}
+    if over_budget and len(over_budget) == len(rows) - 1:
+        notes["fallback"] = (f"no variant met the FID budget {budget:.3f} (baseline {baseline['fid']:.3f} "
+                             f"x {1 + cfg.max_fid_increase:g}): "
+                             + ", ".join(f"{name} {fid:.3f}" for name, fid in over_budget.items())
+                             + f"; falling back to the baseline {BASELINE}")
 
     metrics = {
         "winner": winner,
@@ -185,6 +191,18 @@ def _score(module: nn.Module, z_dim: int, protocol: Protocol) -> dict[str, float
         path = Path(tmp) / "generator.onnx"
         path.write_bytes(module.onnx_bytes)
         return score_onnx_generator(path, z_dim, protocol)
+
+
+def summary_lines(metrics: dict[str, Any], out_dir: str | Path) -> list[str]:
+    """What the optimize stage prints: the winner, then any fallback, skipped or failed variant, one line each."""
+    lines = [f"optimize: winner {metrics['winner']} at {metrics['winner_img_per_s']:.0f} img/s "
+             f"({metrics['winner_speedup']:.2f}x fp32), FID {metrics['winner_fid']:.3f} "
+             f"(budget {metrics['fid_budget']:.3f}) -> {out_dir}"]
+    if "fallback" in metrics:
+        lines.append(f"optimize: {metrics['fallback']}")
+    lines += [f"optimize: skipped {name}: {why}" for name, why in metrics.get("skipped", {}).items()]
+    lines += [f"optimize: {name} failed to build: {why}" for name, why in metrics.get("failed", {}).items()]
+    return lines
 
 
 def failure_reason(error: Exception) -> str:
