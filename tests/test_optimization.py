@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -184,16 +185,10 @@ def test_runtime_and_precision_variants_compute_the_same_images(tiny_run):
 
 @pytest.mark.parametrize("arch, width", [("dcgan", 0.25), ("lite", 1.0)])
 def test_every_architecture_folds_quantizes_and_exports(tmp_path, arch, width):
-    from ganforge.models import GeneratorSpec, build_generator
     from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
     spec = GeneratorSpec(arch, 16, 32, 3, width)
-    torch.manual_seed(0)
-    generator = build_generator(spec)
-    with torch.no_grad():  # a few train-mode batches give BatchNorm non-trivial statistics to fold
-        for _ in range(3):
-            generator(torch.randn(32, spec.z_dim))
-    generator.eval()
+    generator = _with_batchnorm_statistics(spec)
     z = torch.randn(16, spec.z_dim)
     reference = generator(z)
     fused = build_variant(Recipe("fused"), generator, spec.z_dim)
@@ -272,8 +267,6 @@ def test_banded_layers_refuse_a_width_they_were_not_built_for():
 
 def test_a_variant_that_fails_to_build_is_reported_and_the_others_go_on(tiny_run, tiny_configs, tmp_path,
                                                                         monkeypatch, reliability):
-    import dataclasses
-
     from ganforge.optimization import optimize as optimize_module
 
     real_build = optimize_module.build_variant
@@ -301,8 +294,6 @@ def test_a_variant_that_fails_to_build_is_reported_and_the_others_go_on(tiny_run
 
 def test_when_no_variant_meets_the_budget_the_stage_says_so_and_keeps_the_baseline(tiny_run, tiny_configs, tmp_path,
                                                                                    reliability):
-    import dataclasses
-
     from ganforge.optimization.optimize import optimize, summary_lines
 
     reliability.bad_input()
