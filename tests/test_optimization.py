@@ -11,7 +11,9 @@ import torch
 
 from ganforge.errors import UserError
 from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
+from ganforge.optimization.banded import BandedUpsampling
 from ganforge.optimization.benchmark import flops_per_image, gemm_gflops, peak_tensor_mib, serialized_bytes
+from ganforge.optimization.overlap import OverlapAddUpsampling, _overlap_add_in_place, _overlap_add_traced
 from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
 from ganforge.optimization.variants import (
@@ -224,41 +226,62 @@ def _with_batchnorm_statistics(spec: GeneratorSpec, seed: int = 0) -> torch.nn.M
     return generator.eval()
 
 
+_LOWERED = {"banded": BandedUpsampling, "overlap": OverlapAddUpsampling}
+
+
+@pytest.mark.parametrize("form", sorted(_LOWERED))
 @pytest.mark.parametrize("spec", [GeneratorSpec("seed", 100, 32, 1), GeneratorSpec("seed", 16, 16, 3),
                                   GeneratorSpec("dcgan", 16, 32, 3, 0.25)], ids=["seed-32x1", "seed-16x3", "dcgan"])
-def test_banded_form_equals_the_float_generator(spec):
-    from ganforge.optimization.banded import BandedUpsampling
-
+def test_lowered_forms_equal_the_float_generator(spec, form):
     generator = _with_batchnorm_statistics(spec)
-    banded = build_variant(Recipe("banded"), generator, spec.z_dim)
-    assert any(isinstance(m, BandedUpsampling) for m in banded.modules())
-    assert not any(is_stride2_upsampling(m) for m in banded.modules())  # every stride-2 conv lowered
+    lowered = build_variant(Recipe(form), generator, spec.z_dim)
+    assert any(isinstance(m, _LOWERED[form]) for m in lowered.modules())
+    assert not any(is_stride2_upsampling(m) for m in lowered.modules())  # every stride-2 conv lowered
     with torch.no_grad():
         for batch in (1, 3, 17):
             z = torch.randn(batch, spec.z_dim)
-            expected, got = generator(z), banded(z)
+            expected, got = generator(z), lowered(z)
             assert got.shape == expected.shape and got.is_contiguous()
             assert torch.allclose(got, expected, atol=1e-5), (batch, (got - expected).abs().max())
 
 
-def test_banded_form_of_a_pruned_generator_equals_it(tiny_run):
+@pytest.mark.parametrize("form", sorted(_LOWERED))
+def test_lowered_forms_of_a_pruned_generator_equal_it(tiny_run, form):
     generator, spec = _generator(tiny_run)
     pruned = prune_generator(generator, spec.z_dim, 0.7, "l1")
     z = torch.randn(9, spec.z_dim)
     with torch.no_grad():
-        assert torch.allclose(build_variant(Recipe("pruned+banded"), pruned, spec.z_dim)(z), pruned(z), atol=1e-5)
+        assert torch.allclose(build_variant(Recipe(f"pruned+{form}"), pruned, spec.z_dim)(z), pruned(z), atol=1e-5)
 
 
-def test_banded_form_is_a_clear_error_where_there_is_nothing_to_lower(reliability):
+@pytest.mark.parametrize("form", sorted(_LOWERED))
+def test_lowered_forms_are_a_clear_error_where_there_is_nothing_to_lower(form, reliability):
     reliability.bad_input()
     lite = build_generator(GeneratorSpec("lite", 16, 32, 3)).eval()
-    with pytest.raises(UserError, match=r"^banded: LiteGenerator has no stride-2 transposed convolutions"):
-        build_variant(Recipe("banded"), lite, 16)
+    with pytest.raises(UserError, match=rf"^{form}: LiteGenerator has no stride-2 transposed convolutions"):
+        build_variant(Recipe(form), lite, 16)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (3, 5), (8, 8)])
+def test_overlap_add_has_one_meaning_eager_and_traced(height, width):
+    """The eager overlap-add (writes into views) and the pure one that torch.compile traces agree, on odd and
+    one-pixel sides too."""
+    taps, bias = torch.randn(4, 4, 3, height, width, 5), torch.randn(3)
+    eager, traced = _overlap_add_in_place(taps, bias), _overlap_add_traced(taps, bias)
+    assert eager.shape == (3, 2 * height, 2 * width, 5)
+    assert torch.allclose(eager, traced, atol=1e-6)
+
+
+def test_overlap_form_traces_under_torch_compile():
+    generator = _with_batchnorm_statistics(GeneratorSpec("seed", 16, 16, 1))
+    lowered = build_variant(Recipe("overlap"), generator, 16)
+    traced = torch.compile(lowered, backend="eager", fullgraph=True)  # dynamo's trace only: no C++ build here
+    z = torch.randn(4, 16)
+    with torch.no_grad():
+        assert torch.allclose(traced(z), generator(z), atol=1e-5)
 
 
 def test_banded_layers_refuse_a_width_they_were_not_built_for():
-    from ganforge.optimization.banded import BandedUpsampling
-
     convt = torch.nn.ConvTranspose2d(4, 2, kernel_size=4, stride=2, padding=1)
     layers = BandedUpsampling([(convt, torch.nn.ReLU())], width=8)
     with pytest.raises(ValueError, match="built for inputs 8 pixels wide, got 4"):

@@ -26,33 +26,15 @@ import copy
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ganforge.errors import UserError
-
-_KERNEL, _STRIDE, _PADDING = 4, 2, 1
-
-
-def is_stride2_upsampling(module: nn.Module) -> bool:
-    """A plain stride-2, kernel-4, padding-1 transposed conv (the upsampling layer of seed and dcgan)."""
-    return (isinstance(module, nn.ConvTranspose2d) and module.kernel_size == (_KERNEL, _KERNEL)
-            and module.stride == (_STRIDE, _STRIDE) and module.padding == (_PADDING, _PADDING)
-            and module.output_padding == (0, 0) and module.dilation == (1, 1) and module.groups == 1)
-
-
-def _in_place_activation(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The in-place form of an elementwise activation, or None when there is none."""
-    if isinstance(module, nn.ReLU):
-        return torch.relu_
-    if isinstance(module, nn.Tanh):
-        return torch.tanh_
-    if isinstance(module, nn.Sigmoid):
-        return torch.sigmoid_
-    if isinstance(module, nn.LeakyReLU):
-        slope = module.negative_slope
-        return lambda x: F.leaky_relu_(x, slope)
-    return None
+from ganforge.optimization.lowering import (
+    KERNEL,
+    Layers,
+    in_place_activation,
+    is_stride2_upsampling,
+    lower_upsampling_runs,
+)
 
 
 def band_matrices(convt: nn.ConvTranspose2d, width: int) -> torch.Tensor:
@@ -67,7 +49,7 @@ def band_matrices(convt: nn.ConvTranspose2d, width: int) -> torch.Tensor:
         for t in range(2):
             ky = 3 - a - 2 * t
             for j in range(width):
-                for kx in range(_KERNEL):
+                for kx in range(KERNEL):
                     q = 2 * j + kx - 1
                     if 0 <= q < 2 * width:
                         bands[a, t, j, :, q, :] = weight[:, :, ky, kx]
@@ -85,7 +67,7 @@ class BandedUpsampling(nn.Module):
     Input (B, C_in, H, width); output (B, C_out, H * 2^n, width * 2^n) for n layers, contiguous.
     """
 
-    def __init__(self, layers: list[tuple[nn.ConvTranspose2d, nn.Module | None]], width: int) -> None:
+    def __init__(self, layers: Layers, width: int) -> None:
         super().__init__()
         self.width = width
         self.out_channels: list[int] = []
@@ -101,7 +83,7 @@ class BandedUpsampling(nn.Module):
             bias = convt.bias.detach() if convt.bias is not None else convt.weight.new_zeros(convt.out_channels)
             self.register_buffer(f"bias{index}", bias.repeat(4 * (width << index)))  # per (phase, q, channel)
             self.out_channels.append(convt.out_channels)
-            self.activations.append(None if activation is None else _in_place_activation(activation))
+            self.activations.append(None if activation is None else in_place_activation(activation))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -155,33 +137,4 @@ def band(generator: nn.Module, z_dim: int) -> nn.Module:
     """
     banded = copy.deepcopy(generator).eval()
     widths = _input_widths(banded, z_dim)
-    if not widths:
-        raise UserError(f"banded: {type(generator).__name__} has no stride-2 transposed convolutions "
-                        f"(kernel {_KERNEL}, padding {_PADDING}) to lower")
-    lowered = 0
-    for parent in list(banded.modules()):
-        if not isinstance(parent, nn.Sequential):
-            continue
-        children = list(parent)
-        index = 0
-        while index < len(children):
-            if not is_stride2_upsampling(children[index]):
-                index += 1
-                continue
-            start, layers = index, []
-            while index < len(children) and is_stride2_upsampling(children[index]):
-                convt, index = children[index], index + 1
-                while index < len(children) and isinstance(children[index], nn.Identity):
-                    index += 1  # a folded BatchNorm
-                activation = None
-                if index < len(children) and _in_place_activation(children[index]) is not None:
-                    activation, index = children[index], index + 1
-                layers.append((convt, activation))
-            parent[start] = BandedUpsampling(layers, widths[layers[0][0]])
-            for position in range(start + 1, index):
-                parent[position] = nn.Identity()
-            lowered += len(layers)
-    if lowered < len(widths):
-        raise UserError(f"banded: {type(generator).__name__} has stride-2 transposed convolutions outside an "
-                        f"nn.Sequential, which this form cannot lower")
-    return banded
+    return lower_upsampling_runs(banded, "banded", lambda layers: BandedUpsampling(layers, widths[layers[0][0]]))

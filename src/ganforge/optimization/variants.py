@@ -8,8 +8,10 @@ A variant's name joins its steps with ``+``, at most one of each kind, in this o
   weights are already pruned, so rebuilding has nothing to do for it);
 - numerics: ``fused`` (BatchNorm folded, stride-2 transposed convs in sub-pixel form, channels_last),
   ``banded`` (BatchNorm folded, stride-2 transposed convs lowered to banded matrix multiplies over image rows:
-  see :mod:`ganforge.optimization.banded`), ``int8`` (post-training static quantization), ``bf16`` or ``fp16``
-  (as ``fused``, with weights and activations in that type);
+  see :mod:`ganforge.optimization.banded`), ``overlap`` (BatchNorm folded, stride-2 transposed convs as one matrix
+  multiply over all kernel taps plus an overlap-add, batch innermost: see :mod:`ganforge.optimization.overlap`),
+  ``int8`` (post-training static quantization), ``bf16`` or ``fp16`` (as ``fused``, with weights and activations
+  in that type);
 - runtime: ``compiled`` (``torch.compile``) or ``onnxruntime`` (the ONNX export run by ONNX Runtime).
 
 ``fp32`` is the plain eager float model, the baseline. Examples: ``pruned+fused``, ``pruned+banded``,
@@ -34,18 +36,21 @@ from torch.ao.quantization import fuse_modules, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from ganforge.errors import UserError
-from ganforge.optimization.banded import band, is_stride2_upsampling
+from ganforge.optimization.banded import band
+from ganforge.optimization.lowering import is_stride2_upsampling
+from ganforge.optimization.overlap import overlap
 from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
 BASELINE = "fp32"
 WEIGHT_STEPS = ("pruned",)
-NUMERIC_STEPS = ("fused", "banded", "int8", "bf16", "fp16")
+NUMERIC_STEPS = ("fused", "banded", "overlap", "int8", "bf16", "fp16")
 RUNTIME_STEPS = ("compiled", "onnxruntime")
 _KINDS = (WEIGHT_STEPS, NUMERIC_STEPS, RUNTIME_STEPS)
 _FLOAT_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _NOT_COMBINABLE = {("int8", "compiled"): "torch.compile does not take torch.ao's quantized modules",
                    ("int8", "onnxruntime"): "the ONNX export is of the float model",
                    ("banded", "onnxruntime"): "the ONNX export is of the float model",
+                   ("overlap", "onnxruntime"): "the ONNX export is of the float model",
                    ("bf16", "onnxruntime"): "the ONNX export is of the float model",
                    ("fp16", "onnxruntime"): "the ONNX export is of the float model"}
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -274,6 +279,8 @@ def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: boo
         module = fuse(generator)
     elif "banded" in steps:
         module = band(fold_batchnorm(generator), z_dim)
+    elif "overlap" in steps:
+        module = overlap(fold_batchnorm(generator))
     elif "bf16" in steps or "fp16" in steps:
         module = ReducedPrecision(fuse(generator), _FLOAT_TYPES["bf16" if "bf16" in steps else "fp16"])
     else:
