@@ -185,6 +185,21 @@ def test_runtime_and_precision_variants_compute_the_same_images(tiny_run):
     assert peak_tensor_mib(generator, spec.z_dim, 64) > 0
 
 
+def test_measuring_peak_memory_leaves_the_output_clean():
+    """The profiler's native library writes start/stop lines to stderr on every profile; the optimize stage
+    measures every variant's peak with it and would print them between its own lines."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from ganforge.optimization.benchmark import peak_tensor_mib\n"
+            "assert peak_tensor_mib(torch.nn.Linear(4, 8), 4, 16) > 0\n"
+            "print('after', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "after", result.stderr  # stderr still works once the profile is done
+
+
 def test_a_compiled_variant_reports_the_peak_memory_of_its_eager_form():
     """The profiler sees a compiled graph as one call that returns its output, hiding every buffer inside it;
     a compiled variant (a wrapper holding the eager module as ``_orig_mod``, like torch.compile's) reports its

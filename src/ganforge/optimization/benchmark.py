@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,13 +107,28 @@ def gemm_gflops(size: int = 1024, repeats: int = 15) -> float:
     return 2 * size**3 / statistics.median(seconds) / 1e9
 
 
+@contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """Send the process's file descriptor 2 to /dev/null for the block: the profiler's native library writes
+    start/stop lines there on every profile, which would litter the optimize stage's output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @torch.inference_mode()
 def peak_tensor_mib(module: nn.Module, z_dim: int, batch: int) -> float:
     """Peak bytes of tensors alive during one call at ``batch``, beyond the input, from the profiler's
     allocation events (torch modules; for ONNX Runtime see :func:`onnx_peak_rss_mib`)."""
     z = torch.zeros(batch, z_dim)
     module(z)  # first-call allocations (packed weights, caches) are not per-call memory
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _native_stderr_muted(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         module(z)
     events = sorted((e for e in prof.events() if e.cpu_memory_usage), key=lambda e: e.time_range.start)
     live = peak = 0
