@@ -286,7 +286,9 @@ def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: boo
     else:
         module = copy.deepcopy(generator).eval()
     if runtime and "compiled" in steps:
-        module = torch.compile(module)
+        # Specialised per batch size: a generator runs at a few fixed batch sizes, and once it had seen a second
+        # size torch.compile's automatic dynamic shapes made `overlap+compiled` a third slower at batch 256.
+        module = torch.compile(module, dynamic=False)
     if runtime and "onnxruntime" in steps:
         with tempfile.TemporaryDirectory(prefix="ganforge-variant-") as tmp:
             path = Path(tmp) / "generator.onnx"
