@@ -50,6 +50,9 @@ def _phases_and_taps(shift: int) -> tuple[slice, slice]:
     return slice(phases[0], phases[-1] + 1), slice(taps[0], taps[-1] + 1)
 
 
+_PHASES_AND_TAPS = {shift: _phases_and_taps(shift) for shift in _SHIFTS}  # fixed by the kernel: built once
+
+
 def _rows(shift: int, size: int) -> tuple[slice, slice]:
     """(output rows, input rows) that an input offset pairs within a side of ``size`` pixels."""
     return slice(max(0, -shift), size - max(0, shift)), slice(max(0, shift), size - max(0, -shift))
@@ -98,10 +101,10 @@ def _overlap_add_in_place(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tenso
     out = taps.new_empty(channels, 2 * height, 2 * width, batch)
     phased = out.view(channels, height, 2, width, 2, batch)  # (C, i, a, j, a', B): pixel (2i + a, 2j + a')
     for dy in _SHIFTS:
-        row_phases, row_taps = _phases_and_taps(dy)
+        row_phases, row_taps = _PHASES_AND_TAPS[dy]
         out_rows, in_rows = _rows(dy, height)
         for dx in _SHIFTS:
-            col_phases, col_taps = _phases_and_taps(dx)
+            col_phases, col_taps = _PHASES_AND_TAPS[dx]
             out_cols, in_cols = _rows(dx, width)
             # (ky, kx, C, i, j, B) -> (C, i, ky, j, kx, B), matching the phases
             source = taps[row_taps, col_taps, :, in_rows, in_cols].permute(2, 3, 0, 4, 1, 5)
