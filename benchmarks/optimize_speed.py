@@ -125,9 +125,9 @@ def render(results: dict) -> None:
     ceiling = results["best_unpruned_fp32_ceiling_fraction"]
     lines = [machine_line(results["machine"]), "",
              f"All variants timed side by side in one run (interleaved repeats, median), "
-             f"{results['machine']['torch_threads']} threads; the fp32 GEMM ceiling measured in the same run: "
-             f"{results['gemm_gflops']:.0f} GFLOP/s. The winner is chosen at the deployment batch "
-             f"({results['deploy_batch']}).", "",
+             f"{results['machine']['torch_threads']} threads; the fp32 GEMM ceiling, timed in the same rounds as "
+             f"the variants at batch 256: {results['gemm_gflops']:.0f} GFLOP/s. The winner is chosen at the "
+             f"deployment batch ({results['deploy_batch']}).", "",
              "| target | measured | |", "|---|---|---|",
              f"| winner ≥ {t['speedup_vs_seed_fp32']:.0f}× the images/s of `seed` in eager fp32 at batch 256 | "
              f"`{results['winner']}`: {speedup:.2f}× | {_verdict(speedup >= t['speedup_vs_seed_fp32'])} |",

@@ -12,7 +12,13 @@ import torch
 from ganforge.errors import UserError
 from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
 from ganforge.optimization.banded import BandedUpsampling
-from ganforge.optimization.benchmark import flops_per_image, gemm_gflops, peak_tensor_mib, serialized_bytes
+from ganforge.optimization.benchmark import (
+    GemmProbe,
+    flops_per_image,
+    peak_tensor_mib,
+    serialized_bytes,
+    time_generators,
+)
 from ganforge.optimization.overlap import OverlapAddUpsampling, _overlap_add_in_place, _overlap_add_traced
 from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
@@ -118,7 +124,15 @@ def test_flop_count_matches_the_seed_generator_by_hand():
     linear = 100 * 256 + 256 * 512 + 512 * 1024
     transposed = 4 * 4 * 64 * 32 * 16 + 8 * 8 * 32 * 16 * 16 + 16 * 16 * 16 * 1 * 16  # input pixels x Cin x Cout x k^2
     assert flops_per_image(build_generator(spec).eval(), 100) == 2 * (linear + transposed)
-    assert gemm_gflops(size=256, repeats=3) > 0
+
+
+def test_the_gemm_ceiling_is_timed_among_the_generators_as_its_flops_over_its_median_call():
+    probe = GemmProbe(size=64)
+    timings = time_generators({"seed": build_generator(GeneratorSpec("seed", 8, 8, 1)).eval(), "gemm": probe},
+                              z_dim=8, batch=2, warmup=1, repeats=3)
+    assert set(timings) == {"seed", "gemm"}
+    assert probe.gflops(timings["gemm"]) == pytest.approx(2 * 64**3 / (timings["gemm"].ms_per_batch / 1e3) / 1e9)
+    torch.testing.assert_close(probe(torch.zeros(2, 8)), probe.a @ probe.b)
 
 
 @pytest.mark.parametrize("arch, width", [("seed", 1.0), ("dcgan", 0.25), ("lite", 1.0)])

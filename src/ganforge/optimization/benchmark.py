@@ -1,5 +1,6 @@
 """Measurements of generators: speed (warm up, interleaved repeats, median and spread), FLOPs counted by
-torch's FlopCounterMode, peak memory, and this machine's fp32 GEMM rate as the ceiling to compare with."""
+torch's FlopCounterMode, peak memory, and this machine's fp32 GEMM rate, timed alongside them, as the ceiling
+to compare with."""
 
 from __future__ import annotations
 
@@ -92,19 +93,27 @@ def flops_per_image(module: nn.Module, z_dim: int) -> int:
     return int(counter.get_total_flops())
 
 
-def gemm_gflops(size: int = 1024, repeats: int = 15) -> float:
-    """This machine's measured fp32 matrix-multiply rate in GFLOP/s at the current thread count: the
-    median of ``repeats`` (size x size) @ (size x size) products after warm-up."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    for _ in range(3):
-        a @ b
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(seconds) / 1e9
+class GemmProbe(nn.Module):
+    """This machine's fp32 matrix-multiply rate, measured as a module that :func:`time_generators` times side by
+    side with the generators, so the ceiling and the rates compared with it share every spell of machine load:
+    each call multiplies two fixed (size x size) matrices and ignores its input.
+
+    Args:
+        size: side of the square matrices.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.a, self.b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+        self.flops = 2 * size**3  # a multiply-add counts 2
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.a @ self.b
+
+    def gflops(self, timing: Timing) -> float:
+        """GFLOP/s from this probe's median time per call."""
+        return self.flops / (timing.ms_per_batch / 1e3) / 1e9
 
 
 @contextmanager

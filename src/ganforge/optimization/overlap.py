@@ -14,7 +14,8 @@ Activations are stored ``(C, H, W, B)``: channel-major, batch innermost. The mul
 long output (every pixel of the whole batch), and every shifted plane of the overlap-add is a run of contiguous
 batch vectors, so the adds vectorise whatever the channel count. Eagerly each layer is one multiply, one add
 that writes every output pixel with its centre tap and bias, and eight in-place adds for the shifted taps; under
-``torch.compile`` it is written as a pure function that inductor fuses into one loop per layer.
+``torch.compile`` it is written as a pure function that inductor fuses into one loop per layer, which writes
+every output pixel once.
 
 The result equals the transposed convolution up to float rounding. It pays off for wide layers (the unpruned
 ``seed`` and ``dcgan`` generators), where convolution kernels lose time to the sub-pixel form's extra work or to
@@ -119,22 +120,27 @@ def _overlap_add_in_place(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tenso
 def _overlap_add_traced(taps: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """The same as :func:`_overlap_add_in_place` as a pure function (no writes into views), which
     ``torch.compile`` can trace and fuse: each output phase sums its four shifted tap planes of a zero-padded
-    copy."""
+    copy, and is zero-padded into its place among the four phases; the sum of those is the output.
+
+    Placing the phases by padding rather than stacking them lets inductor write every output pixel once, in one
+    loop per layer (a stack writes each phase, then copies them); the padding's zeros are branches, not loads.
+    """
     _, _, channels, height, width, batch = taps.shape
     padded = F.pad(taps, (0, 0, 1, 1, 1, 1))  # one zero pixel around each plane
-    rows = []
+    out = bias.view(-1, 1, 1, 1, 1, 1)  # broadcasts to (C, i, a, j, a', B): pixel (2i + a, 2j + a')
     for row_phase in (0, 1):
-        columns = []
         for col_phase in (0, 1):
-            total = bias.view(-1, 1, 1, 1)
+            phase = None
             for dy in _SHIFTS:
                 for dx in _SHIFTS:
                     ky, kx = kernel_tap(row_phase, dy), kernel_tap(col_phase, dx)
                     if ky is not None and kx is not None:
-                        total = total + padded[ky, kx, :, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
-            columns.append(total)  # (C, H, W, B)
-        rows.append(torch.stack(columns, dim=3))  # (C, H, W, a', B)
-    return torch.stack(rows, dim=2).reshape(channels, 2 * height, 2 * width, batch)  # (C, H, a, W, a', B)
+                        term = padded[ky, kx, :, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]  # (C, H, W, B)
+                        phase = term if phase is None else phase + term
+            placed = F.pad(phase.view(channels, height, 1, width, 1, batch),
+                           (0, 0, col_phase, 1 - col_phase, 0, 0, row_phase, 1 - row_phase))
+            out = out + placed
+    return out.reshape(channels, 2 * height, 2 * width, batch)
 
 
 def overlap(generator: nn.Module) -> nn.Module:
