@@ -19,6 +19,7 @@ from ganforge.optimization.benchmark import (
     serialized_bytes,
     time_generators,
 )
+from ganforge.optimization.direct import DirectUpsampling, compile_kernel, register_block
 from ganforge.optimization.overlap import OverlapAddUpsampling, _overlap_add_in_place, _overlap_add_traced
 from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
@@ -278,7 +279,7 @@ def _with_batchnorm_statistics(spec: GeneratorSpec, seed: int = 0) -> torch.nn.M
     return generator.eval()
 
 
-_LOWERED = {"banded": BandedUpsampling, "overlap": OverlapAddUpsampling}
+_LOWERED = {"banded": BandedUpsampling, "overlap": OverlapAddUpsampling, "direct": DirectUpsampling}
 
 
 @pytest.mark.parametrize("form", sorted(_LOWERED))
@@ -331,6 +332,46 @@ def test_overlap_form_traces_under_torch_compile():
     z = torch.randn(4, 16)
     with torch.no_grad():
         assert torch.allclose(traced(z), generator(z), atol=1e-5)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "side", "batch", "activation"), [
+    (3, 17, (1, 1), 1, torch.nn.LeakyReLU(0.2)),  # two channel blocks of 9, the second padded; one image
+    (5, 11, (3, 5), 33, torch.nn.ReLU()),  # an odd map; a batch that is not whole vectors
+    (7, 4, (4, 4), 80, torch.nn.Sigmoid()),  # four full batch vectors per block, then one more; sigmoid after
+    (16, 1, (2, 6), 20, None),  # one output channel, sixteen batch vectors per block
+])
+def test_direct_kernel_equals_the_transposed_conv(c_in, c_out, side, batch, activation):
+    torch.manual_seed(0)
+    convt = torch.nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=c_out != 4)
+    x = torch.randn(batch, c_in, *side)
+    with torch.no_grad():
+        expected = convt(x) if activation is None else activation(convt(x))
+        got = DirectUpsampling([(convt, activation)])(x)
+    assert got.shape == expected.shape and got.is_contiguous()
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_direct_register_blocks_cover_every_channel_evenly():
+    assert [register_block(c) for c in (1, 4, 16, 17, 32, 33)] == [(1, 16), (4, 4), (16, 1), (9, 1), (16, 1),
+                                                                   (11, 1)]
+
+
+def test_direct_kernel_is_compiled_once_per_shape(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = compile_kernel(2, 3)
+    built_at = first.stat().st_mtime_ns
+    assert compile_kernel(2, 3) == first and first.stat().st_mtime_ns == built_at
+    assert compile_kernel(3, 2) != first
+    assert sorted(p.suffix for p in first.parent.iterdir()) == [".so", ".so"]  # no temporary files left
+
+
+def test_direct_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch, reliability):
+    reliability.fault()
+    monkeypatch.setenv("CC", "no-such-cc")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    generator = build_generator(GeneratorSpec("seed", 16, 16, 1)).eval()
+    with pytest.raises(UserError, match=r"^direct: no C compiler 'no-such-cc' on PATH"):
+        build_variant(Recipe("direct"), generator, 16)
 
 
 def test_banded_layers_refuse_a_width_they_were_not_built_for():

@@ -10,6 +10,8 @@ A variant's name joins its steps with ``+``, at most one of each kind, in this o
   ``banded`` (BatchNorm folded, stride-2 transposed convs lowered to banded matrix multiplies over image rows:
   see :mod:`ganforge.optimization.banded`), ``overlap`` (BatchNorm folded, stride-2 transposed convs as one matrix
   multiply over all kernel taps plus an overlap-add, batch innermost: see :mod:`ganforge.optimization.overlap`),
+  ``direct`` (BatchNorm folded, stride-2 transposed convs run by a C kernel compiled for this machine, each output
+  from its four taps, batch innermost: see :mod:`ganforge.optimization.direct`),
   ``int8`` (post-training static quantization), ``bf16`` or ``fp16`` (as ``fused``, with weights and activations
   in that type);
 - runtime: ``compiled`` (``torch.compile``) or ``onnxruntime`` (the ONNX export run by ONNX Runtime).
@@ -37,13 +39,14 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from ganforge.errors import UserError
 from ganforge.optimization.banded import band
+from ganforge.optimization.direct import direct
 from ganforge.optimization.lowering import is_stride2_upsampling
 from ganforge.optimization.overlap import overlap
 from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 
 BASELINE = "fp32"
 WEIGHT_STEPS = ("pruned",)
-NUMERIC_STEPS = ("fused", "banded", "overlap", "int8", "bf16", "fp16")
+NUMERIC_STEPS = ("fused", "banded", "overlap", "direct", "int8", "bf16", "fp16")
 RUNTIME_STEPS = ("compiled", "onnxruntime")
 _KINDS = (WEIGHT_STEPS, NUMERIC_STEPS, RUNTIME_STEPS)
 _FLOAT_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,6 +54,8 @@ _NOT_COMBINABLE = {("int8", "compiled"): "torch.compile does not take torch.ao's
                    ("int8", "onnxruntime"): "the ONNX export is of the float model",
                    ("banded", "onnxruntime"): "the ONNX export is of the float model",
                    ("overlap", "onnxruntime"): "the ONNX export is of the float model",
+                   ("direct", "onnxruntime"): "the ONNX export is of the float model",
+                   ("direct", "compiled"): "torch.compile cannot trace the compiled kernel's calls",
                    ("bf16", "onnxruntime"): "the ONNX export is of the float model",
                    ("fp16", "onnxruntime"): "the ONNX export is of the float model"}
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
@@ -281,6 +286,8 @@ def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: boo
         module = band(fold_batchnorm(generator), z_dim)
     elif "overlap" in steps:
         module = overlap(fold_batchnorm(generator))
+    elif "direct" in steps:
+        module = direct(fold_batchnorm(generator))
     elif "bf16" in steps or "fp16" in steps:
         module = ReducedPrecision(fuse(generator), _FLOAT_TYPES["bf16" if "bf16" in steps else "fp16"])
     else:

@@ -1,0 +1,177 @@
+"""The ``direct`` form: each stride-2 transposed convolution run by a small C kernel (``direct.c``) that ganforge
+compiles for the machine it runs on, computing every output pixel directly from its four kernel taps with the
+batch innermost.
+
+The ``overlap`` form does exactly the layer's multiply-adds too, but as a matrix multiply that writes 16 tap
+values per output channel and input pixel (four times the layer's output), which an overlap-add then reads back;
+at the few channels of a generator's upsampling layers the multiply has a short inner dimension (16 to 64) and
+the tap planes are several MiB, so both wait on memory. The kernel keeps a block of output channels by batch
+vectors in registers, multiplies each input vector it loads into the whole block, and writes each output once.
+
+The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``), ``-O3 -march=native
+-fopenmp``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its source,
+shape and compiler. OpenMP runs it on torch's thread count; the shared library names the same ``libgomp.so.1``
+that torch loads, so both share one thread pool. Without a compiler the form fails to build with a one-line
+error, which the optimize stage reports in its table before going on with the other variants; a package
+whose winner is ``direct`` still runs without one under ``--runtime onnxruntime``.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import functools
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ganforge.errors import UserError
+from ganforge.optimization.lowering import Layers, in_place_activation, lower_upsampling_runs
+from ganforge.optimization.overlap import kernel_tap
+
+LANES = 16  # batch images per vector register (direct.c's LANES)
+_ACCUMULATORS = 16  # register block size, output channels x batch vectors
+_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+_ACTIVATIONS = {nn.ReLU: 1, nn.LeakyReLU: 2}  # done inside the kernel; others (tanh, sigmoid) after it
+
+
+def register_block(c_out: int) -> tuple[int, int]:
+    """(output channels, batch vectors) per register block: up to 16 channels, split evenly over as few blocks as
+    cover ``c_out``, and as many batch vectors as keep about 16 accumulators."""
+    blocks = math.ceil(c_out / _ACCUMULATORS)
+    c_block = math.ceil(c_out / blocks)
+    return c_block, max(1, _ACCUMULATORS // c_block)
+
+
+def pack_weight(weight: torch.Tensor, c_out_padded: int) -> torch.Tensor:
+    """A ConvTranspose2d weight (C_in, C_out, 4, 4) as the kernel reads it: [a][a'][s][s'][C_in][C_out_padded],
+    the taps that carry input offset ``s`` (0: none, 1: towards phase ``a``'s side) into output phase ``a``."""
+    c_in, c_out = weight.shape[:2]
+    packed = weight.new_zeros(2, 2, 2, 2, c_in, c_out_padded)
+    for a in (0, 1):
+        for a2 in (0, 1):
+            for s in (0, 1):
+                for s2 in (0, 1):
+                    ky = kernel_tap(a, s * (2 * a - 1))
+                    kx = kernel_tap(a2, s2 * (2 * a2 - 1))
+                    packed[a, a2, s, s2, :, :c_out] = weight[:, :, ky, kx]
+    return packed.contiguous()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganforge" / "kernels"
+
+
+@functools.cache
+def _compiler_version(compiler: str) -> str:
+    if shutil.which(compiler) is None:
+        raise UserError(f"direct: no C compiler '{compiler}' on PATH to build the kernel (set CC to one)")
+    return subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+
+
+def compile_kernel(c_in: int, c_out: int) -> Path:
+    """The shared library of the kernel for one layer shape, compiled once per machine and compiler and cached.
+    Raises :class:`UserError`, in one line, when there is no compiler or it fails."""
+    compiler = os.environ.get("CC", "cc")
+    c_block, n_block = register_block(c_out)
+    defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
+               "C_OUT_PADDED": math.ceil(c_out / c_block) * c_block}
+    source = resources.files("ganforge.optimization").joinpath("direct.c").read_text()
+    command = [compiler, *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
+    key = hashlib.sha256("\n".join([source, *command, _compiler_version(compiler)]).encode()).hexdigest()[:16]
+    library = _cache_dir() / f"direct-{c_in}x{c_out}-{key}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    partial = library.with_suffix(f".{os.getpid()}.tmp")
+    c_file = library.with_suffix(f".{os.getpid()}.c")
+    c_file.write_text(source)
+    try:
+        built = subprocess.run([*command, str(c_file), "-o", str(partial)], capture_output=True, text=True)
+        if built.returncode != 0:
+            first = next((line for line in built.stderr.splitlines() if "error" in line), built.stderr.strip())
+            raise UserError(f"direct: {compiler} failed to build the kernel: {first}")
+        os.replace(partial, library)  # atomic: a concurrent build or reader never sees half a library
+    finally:
+        c_file.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    return library
+
+
+@functools.cache
+def _kernel(library: str) -> Callable[..., None]:
+    function = ctypes.CDLL(library).transposed_conv
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_float, ctypes.c_int]
+    return function
+
+
+class DirectUpsampling(nn.Module):
+    """A chain of stride-2 transposed convs, each followed by an optional elementwise activation, run by the
+    compiled ``direct.c`` kernel in a batch-innermost layout (see the module docstring). fp32 only.
+
+    Args:
+        layers: (transposed conv, activation module or None) pairs, in order; BatchNorm already folded.
+
+    Input (B, C_in, H, W); output (B, C_out, H * 2^n, W * 2^n) for n layers, contiguous.
+    """
+
+    def __init__(self, layers: Layers) -> None:
+        super().__init__()
+        self.libraries: list[str] = []
+        self.out_channels: list[int] = []
+        self.codes: list[tuple[int, float]] = []  # (kernel activation code, negative slope)
+        self.after: list[Callable[[torch.Tensor], torch.Tensor] | None] = []  # what the kernel does not apply
+        for index, (convt, activation) in enumerate(layers):
+            weight = convt.weight.detach().float()  # (C_in, C_out, 4, 4)
+            c_in, c_out = weight.shape[:2]
+            self.libraries.append(str(compile_kernel(c_in, c_out)))
+            c_block, _ = register_block(c_out)
+            c_out_padded = math.ceil(c_out / c_block) * c_block
+            self.register_buffer(f"weight{index}", pack_weight(weight, c_out_padded))
+            bias = weight.new_zeros(c_out_padded)
+            if convt.bias is not None:
+                bias[:c_out] = convt.bias.detach()
+            self.register_buffer(f"bias{index}", bias)
+            self.out_channels.append(c_out)
+            code = _ACTIVATIONS.get(type(activation), 0)
+            self.codes.append((code, getattr(activation, "negative_slope", 0.0)))
+            self.after.append(None if code or activation is None else in_place_activation(activation))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        padded = math.ceil(batch / LANES) * LANES  # whole vectors; the extra images are zeros, dropped at the end
+        h = x.float().permute(1, 2, 3, 0)  # (C, H, W, B)
+        if padded != batch:
+            h = torch.cat([h, h.new_zeros(*h.shape[:3], padded - batch)], dim=3)
+        h = h.contiguous()
+        threads = torch.get_num_threads()
+        for index, (library, c_out, (code, slope), after) in enumerate(
+                zip(self.libraries, self.out_channels, self.codes, self.after, strict=True)):
+            _, height, width, _ = h.shape
+            out = h.new_empty(c_out, 2 * height, 2 * width, padded)
+            _kernel(library)(h.data_ptr(), getattr(self, f"weight{index}").data_ptr(),
+                             getattr(self, f"bias{index}").data_ptr(), out.data_ptr(), height, width, padded, code,
+                             slope, threads)
+            if after is not None:
+                after(out)
+            h = out
+        return h[..., :batch].permute(3, 0, 1, 2).contiguous()  # (B, C, H, W)
+
+
+def direct(generator: nn.Module) -> nn.Module:
+    """A copy of ``generator`` (BatchNorm already folded) whose runs of stride-2 transposed convs, with the
+    activations between them, are one :class:`DirectUpsampling` each. The rest is left as it is.
+
+    Raises :class:`UserError` when the generator has no such convolution to lower or the kernel cannot be
+    compiled on this machine.
+    """
+    return lower_upsampling_runs(copy.deepcopy(generator).eval(), "direct", DirectUpsampling)
