@@ -374,6 +374,14 @@ def test_direct_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch, re
         build_variant(Recipe("direct"), generator, 16)
 
 
+def test_direct_with_an_unwritable_kernel_cache_is_a_one_line_error(tmp_path, monkeypatch, reliability):
+    reliability.fault()
+    (tmp_path / "ganforge").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"^direct: cannot write the kernel cache .*ganforge/kernels: "):
+        compile_kernel(5, 7)
+
+
 def test_banded_layers_refuse_a_width_they_were_not_built_for():
     convt = torch.nn.ConvTranspose2d(4, 2, kernel_size=4, stride=2, padding=1)
     layers = BandedUpsampling([(convt, torch.nn.ReLU())], width=8)

@@ -79,7 +79,7 @@ def _compiler_version(compiler: str) -> str:
 
 def compile_kernel(c_in: int, c_out: int) -> Path:
     """The shared library of the kernel for one layer shape, compiled once per machine and compiler and cached.
-    Raises :class:`UserError`, in one line, when there is no compiler or it fails."""
+    Raises :class:`UserError`, in one line, when there is no compiler, it fails, or the cache is unwritable."""
     compiler = os.environ.get("CC", "cc")
     c_block, n_block = register_block(c_out)
     defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
@@ -90,10 +90,13 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     library = _cache_dir() / f"direct-{c_in}x{c_out}-{key}.so"
     if library.exists():
         return library
-    library.parent.mkdir(parents=True, exist_ok=True)
     partial = library.with_suffix(f".{os.getpid()}.tmp")
     c_file = library.with_suffix(f".{os.getpid()}.c")
-    c_file.write_text(source)
+    try:
+        library.parent.mkdir(parents=True, exist_ok=True)
+        c_file.write_text(source)
+    except OSError as error:
+        raise UserError(f"direct: cannot write the kernel cache {library.parent}: {error.strerror}") from error
     try:
         built = subprocess.run([*command, str(c_file), "-o", str(partial)], capture_output=True, text=True)
         if built.returncode != 0:
