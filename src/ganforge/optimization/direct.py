@@ -9,11 +9,11 @@ the tap planes are several MiB, so both wait on memory. The kernel keeps a block
 vectors in registers, multiplies each input vector it loads into the whole block, and writes each output once.
 
 The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``), ``-O3 -march=native
--fopenmp``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its source,
-shape and compiler. OpenMP runs it on torch's thread count; the shared library names the same ``libgomp.so.1``
-that torch loads, so both share one thread pool. Without a compiler the form fails to build with a one-line
-error, which the optimize stage reports in its table before going on with the other variants; a package
-whose winner is ``direct`` still runs without one under ``--runtime onnxruntime``.
+-fopenmp``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its
+source, shape, compiler and CPU. OpenMP runs it on torch's thread count; the shared library names the same
+``libgomp.so.1`` that torch loads, so both share one thread pool. Without a compiler the form fails to build with
+a one-line error, which the optimize stage reports in its table before going on with the other variants; a
+package whose winner is ``direct`` still runs without one under ``--runtime onnxruntime``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import functools
 import hashlib
 import math
 import os
+import platform
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -71,6 +72,18 @@ def _cache_dir() -> Path:
 
 
 @functools.cache
+def _cpu_identity() -> str:
+    """The CPU's model and instruction-set flags: part of a kernel's cache key, since ``-march=native`` code built
+    on one CPU can crash another that shares the cache (a home directory shared by a cluster's nodes)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    wanted = [next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags")]
+    return "\n".join(wanted)
+
+
+@functools.cache
 def _compiler_version(compiler: str) -> str:
     if shutil.which(compiler) is None:
         raise UserError(f"direct: no C compiler '{compiler}' on PATH to build the kernel (set CC to one)")
@@ -86,7 +99,8 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
                "C_OUT_PADDED": math.ceil(c_out / c_block) * c_block}
     source = resources.files("ganforge.optimization").joinpath("direct.c").read_text()
     command = [compiler, *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
-    key = hashlib.sha256("\n".join([source, *command, _compiler_version(compiler)]).encode()).hexdigest()[:16]
+    identity = [source, *command, _compiler_version(compiler), _cpu_identity()]
+    key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
     library = _cache_dir() / f"direct-{c_in}x{c_out}-{key}.so"
     if library.exists():
         return library
