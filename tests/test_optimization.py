@@ -11,6 +11,7 @@ import torch
 
 from ganforge.errors import UserError
 from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
+from ganforge.optimization import benchmark
 from ganforge.optimization import direct as direct_form
 from ganforge.optimization.banded import BandedUpsampling
 from ganforge.optimization.benchmark import (
@@ -126,6 +127,23 @@ def test_flop_count_matches_the_seed_generator_by_hand():
     linear = 100 * 256 + 256 * 512 + 512 * 1024
     transposed = 4 * 4 * 64 * 32 * 16 + 8 * 8 * 32 * 16 * 16 + 16 * 16 * 16 * 1 * 16  # input pixels x Cin x Cout x k^2
     assert flops_per_image(build_generator(spec).eval(), 100) == 2 * (linear + transposed)
+
+
+class _CountingGenerator(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return z
+
+
+def test_every_timed_sample_starts_with_one_untimed_call(monkeypatch):
+    monkeypatch.setattr(benchmark, "_MIN_SAMPLE_S", 0.0)  # one timed call per sample
+    counting = _CountingGenerator()
+    time_generators({"counting": counting}, z_dim=2, batch=1, warmup=2, repeats=3)
+    assert counting.calls == 2 + 1 + 3 * (1 + 1)  # warm-up, the call that sizes the loop, then 3 x (untimed, timed)
 
 
 def test_the_gemm_ceiling_is_timed_among_the_generators_as_its_flops_over_its_median_call():

@@ -49,7 +49,9 @@ def time_generators(modules: dict[str, nn.Module], z_dim: int, batch: int, warmu
     """Time ``module(z)`` for z of shape (batch, z_dim), for every module side by side.
 
     Repeats are interleaved (one sample of each module per round), so drift in machine load affects all
-    modules alike instead of biasing whichever ran during a noisy spell.
+    modules alike instead of biasing whichever ran during a noisy spell. Each sample starts with one untimed
+    call: the module before it in the round has evicted this one's weights and buffers from the caches, and a
+    module generating in bulk runs back to back, warm.
     """
     z = torch.randn(batch, z_dim, generator=torch.Generator().manual_seed(seed))  # (batch, z_dim)
     loops = {}
@@ -62,6 +64,7 @@ def time_generators(modules: dict[str, nn.Module], z_dim: int, batch: int, warmu
     seconds: dict[str, list[float]] = {name: [] for name in modules}
     for _ in range(repeats):
         for name, module in modules.items():
+            module(z)  # warm again after the other modules
             start = time.perf_counter()
             for _ in range(loops[name]):
                 module(z)
