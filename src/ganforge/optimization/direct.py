@@ -52,6 +52,12 @@ def register_block(c_out: int) -> tuple[int, int]:
     return c_block, max(1, _ACCUMULATORS // c_block)
 
 
+def padded_channels(c_out: int) -> int:
+    """``c_out`` rounded up to whole register blocks: the packed weights' and bias's length (the padding is zero)."""
+    c_block, _ = register_block(c_out)
+    return math.ceil(c_out / c_block) * c_block
+
+
 def pack_weight(weight: torch.Tensor, c_out_padded: int) -> torch.Tensor:
     """A ConvTranspose2d weight (C_in, C_out, 4, 4) as the kernel reads it: [a][a'][s][s'][C_in][C_out_padded],
     the taps that carry input offset ``s`` (0: none, 1: towards phase ``a``'s side) into output phase ``a``."""
@@ -96,7 +102,7 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     compiler = os.environ.get("CC", "cc")
     c_block, n_block = register_block(c_out)
     defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
-               "C_OUT_PADDED": math.ceil(c_out / c_block) * c_block}
+               "C_OUT_PADDED": padded_channels(c_out)}
     source = resources.files("ganforge.optimization").joinpath("direct.c").read_text()
     command = [compiler, *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
     identity = [source, *command, _compiler_version(compiler), _cpu_identity()]
@@ -151,8 +157,7 @@ class DirectUpsampling(nn.Module):
             weight = convt.weight.detach().float()  # (C_in, C_out, 4, 4)
             c_in, c_out = weight.shape[:2]
             self.libraries.append(str(compile_kernel(c_in, c_out)))
-            c_block, _ = register_block(c_out)
-            c_out_padded = math.ceil(c_out / c_block) * c_block
+            c_out_padded = padded_channels(c_out)
             self.register_buffer(f"weight{index}", pack_weight(weight, c_out_padded))
             bias = weight.new_zeros(c_out_padded)
             if convt.bias is not None:
