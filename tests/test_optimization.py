@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ganforge.errors import UserError
 from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
@@ -357,7 +358,9 @@ def test_overlap_form_traces_under_torch_compile():
     (3, 17, (1, 1), 1, torch.nn.LeakyReLU(0.2)),  # two channel blocks of 9, the second padded; one image
     (5, 11, (3, 5), 33, torch.nn.ReLU()),  # an odd map; a batch that is not whole vectors
     (7, 4, (4, 4), 80, torch.nn.Sigmoid()),  # four full batch vectors per block, then one more; sigmoid after
-    (16, 1, (2, 6), 20, None),  # one output channel, sixteen batch vectors per block
+    (16, 1, (2, 6), 20, None),  # one output channel: 2 x 2 pixel blocks of four batch vectors
+    (6, 3, (1, 1), 40, torch.nn.LeakyReLU(0.1)),  # RGB on a one-pixel map: every pixel block crosses an edge
+    (4, 3, (3, 5), 17, torch.nn.Tanh()),  # RGB on an odd map, a batch past one vector; tanh after
 ])
 def test_direct_kernel_equals_the_transposed_conv(c_in, c_out, side, batch, activation):
     torch.manual_seed(0)
@@ -370,9 +373,23 @@ def test_direct_kernel_equals_the_transposed_conv(c_in, c_out, side, batch, acti
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
+def test_direct_chain_equals_the_transposed_convs():
+    # the first layer is written channel-major with a padded channel block and a part-filled batch vector; the
+    # second reads it and writes batch-major
+    torch.manual_seed(0)
+    first = torch.nn.ConvTranspose2d(3, 17, kernel_size=4, stride=2, padding=1)
+    second = torch.nn.ConvTranspose2d(17, 3, kernel_size=4, stride=2, padding=1)
+    x = torch.randn(33, 3, 3, 5)
+    with torch.no_grad():
+        expected = torch.tanh(second(F.leaky_relu(first(x), 0.2)))
+        got = DirectUpsampling([(first, torch.nn.LeakyReLU(0.2)), (second, torch.nn.Tanh())])(x)
+    assert got.shape == (33, 3, 12, 20) and torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
 def test_direct_register_blocks_cover_every_channel_evenly():
-    assert [register_block(c) for c in (1, 4, 16, 17, 32, 33)] == [(1, 16), (4, 4), (16, 1), (9, 1), (16, 1),
-                                                                   (11, 1)]
+    assert [register_block(c) for c in (1, 3, 4, 5, 16, 17, 32, 33)] == [
+        (1, 4, True), (3, 1, True), (4, 1, True), (5, 3, False), (16, 1, False), (9, 1, False), (16, 1, False),
+        (11, 1, False)]
 
 
 def test_direct_kernel_is_compiled_once_per_shape(tmp_path, monkeypatch):

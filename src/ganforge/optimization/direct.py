@@ -6,7 +6,9 @@ The ``overlap`` form does exactly the layer's multiply-adds too, but as a matrix
 values per output channel and input pixel (four times the layer's output), which an overlap-add then reads back;
 at the few channels of a generator's upsampling layers the multiply has a short inner dimension (16 to 64) and
 the tap planes are several MiB, so both wait on memory. The kernel keeps a block of output channels by batch
-vectors in registers, multiplies each input vector it loads into the whole block, and writes each output once.
+vectors in registers (a layer with few output channels, 2 x 2 output pixels), multiplies each input vector it
+loads into the whole block, and writes each output once. The same library changes the layout into and out of the
+chain, transposing 16 x 16 tiles in registers.
 
 The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``), ``-O3 -march=native
 -fopenmp``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its
@@ -39,22 +41,27 @@ from ganforge.optimization.lowering import Layers, in_place_activation, lower_up
 from ganforge.optimization.overlap import kernel_tap
 
 LANES = 16  # batch images per vector register (direct.c's LANES)
-_ACCUMULATORS = 16  # register block size, output channels x batch vectors
+_ACCUMULATORS = 16  # register block size, output channels x batch vectors (x pixels)
+_SPATIAL_MAX_CHANNELS, _SPATIAL_PIXELS = 4, 4  # layers this narrow get 2 x 2 pixel blocks
 _FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 _ACTIVATIONS = {nn.ReLU: 1, nn.LeakyReLU: 2}  # done inside the kernel; others (tanh, sigmoid) after it
 
 
-def register_block(c_out: int) -> tuple[int, int]:
-    """(output channels, batch vectors) per register block: up to 16 channels, split evenly over as few blocks as
-    cover ``c_out``, and as many batch vectors as keep about 16 accumulators."""
+def register_block(c_out: int) -> tuple[int, int, bool]:
+    """(output channels, batch vectors, spatial) per register block, about 16 accumulators in all.
+
+    Up to 16 channels, split evenly over as few blocks as cover ``c_out``, at one output pixel; a layer with at
+    most 4 output channels (an RGB or grey last layer) is spatial, with blocks of 2 x 2 output pixels that share
+    every input vector loaded (see ``direct.c``). The batch vectors make up the rest of the 16."""
     blocks = math.ceil(c_out / _ACCUMULATORS)
     c_block = math.ceil(c_out / blocks)
-    return c_block, max(1, _ACCUMULATORS // c_block)
+    pixels = _SPATIAL_PIXELS if c_out <= _SPATIAL_MAX_CHANNELS else 1
+    return c_block, max(1, _ACCUMULATORS // (c_block * pixels)), pixels > 1
 
 
 def padded_channels(c_out: int) -> int:
     """``c_out`` rounded up to whole register blocks: the packed weights' and bias's length (the padding is zero)."""
-    c_block, _ = register_block(c_out)
+    c_block = register_block(c_out)[0]
     return math.ceil(c_out / c_block) * c_block
 
 
@@ -100,9 +107,9 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     """The shared library of the kernel for one layer shape, compiled once per machine and compiler and cached.
     Raises :class:`UserError`, in one line, when there is no compiler, it fails, or the cache is unwritable."""
     compiler = os.environ.get("CC", "cc")
-    c_block, n_block = register_block(c_out)
+    c_block, n_block, spatial = register_block(c_out)
     defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
-               "C_OUT_PADDED": padded_channels(c_out)}
+               "C_OUT_PADDED": padded_channels(c_out), "SPATIAL": int(spatial)}
     source = resources.files("ganforge.optimization").joinpath("direct.c").read_text()
     command = [compiler, *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
     identity = [source, *command, _compiler_version(compiler), _cpu_identity()]
@@ -135,6 +142,31 @@ def _kernel(library: str) -> Callable[..., None]:
     function.restype = None
     function.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int, ctypes.c_float, ctypes.c_int]
     return function
+
+
+@functools.cache
+def _transpose(library: str) -> Callable[..., None]:
+    function = ctypes.CDLL(library).transpose
+    function.restype = None
+    function.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 5 + [ctypes.c_int]
+    return function
+
+
+def _to_batch_innermost(x: torch.Tensor, library: str, padded: int, threads: int) -> torch.Tensor:
+    """(B, C, H, W) -> (C, H, W, padded), the images past B zeros."""
+    batch, features = x.shape[0], x[0].numel()
+    x = x.float().contiguous()
+    out = x.new_empty(*x.shape[1:], padded)
+    _transpose(library)(x.data_ptr(), out.data_ptr(), padded, batch, features, features, padded, threads)
+    return out
+
+
+def _to_batch_major(h: torch.Tensor, library: str, batch: int, threads: int) -> torch.Tensor:
+    """(C, H, W, padded) -> (batch, C, H, W), the first ``batch`` images."""
+    features, padded = h[..., 0].numel(), h.shape[-1]
+    out = h.new_empty(batch, *h.shape[:3])
+    _transpose(library)(h.data_ptr(), out.data_ptr(), features, features, batch, padded, features, threads)
+    return out
 
 
 class DirectUpsampling(nn.Module):
@@ -171,11 +203,8 @@ class DirectUpsampling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         padded = math.ceil(batch / LANES) * LANES  # whole vectors; the extra images are zeros, dropped at the end
-        h = x.float().permute(1, 2, 3, 0)  # (C, H, W, B)
-        if padded != batch:
-            h = torch.cat([h, h.new_zeros(*h.shape[:3], padded - batch)], dim=3)
-        h = h.contiguous()
         threads = torch.get_num_threads()
+        h = _to_batch_innermost(x, self.libraries[0], padded, threads)  # (C, H, W, padded)
         for index, (library, c_out, (code, slope), after) in enumerate(
                 zip(self.libraries, self.out_channels, self.codes, self.after, strict=True)):
             _, height, width, _ = h.shape
@@ -186,7 +215,7 @@ class DirectUpsampling(nn.Module):
             if after is not None:
                 after(out)
             h = out
-        return h[..., :batch].permute(3, 0, 1, 2).contiguous()  # (B, C, H, W)
+        return _to_batch_major(h, self.libraries[-1], batch, threads)  # (B, C, H, W)
 
 
 def direct(generator: nn.Module) -> nn.Module:
