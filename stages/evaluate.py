@@ -4,7 +4,6 @@ import argparse
 
 from ganforge.config import EvaluateConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
-from ganforge.evaluation.evaluate import evaluate
 
 
 def main() -> None:
@@ -21,6 +20,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_stage_config(EvaluateConfig, args.params)
     reference_cfg = load_stage_config(ReferenceConfig, args.params)  # checked against the cached statistics
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.evaluation.evaluate import evaluate
     metrics = evaluate(cfg, reference_cfg, args.train_dir, args.data, args.featurizer, args.reference, args.metrics,
                        args.grid, args.nearest, args.speed)
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "

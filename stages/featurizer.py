@@ -4,7 +4,6 @@ import argparse
 
 from ganforge.config import FeaturizerConfig, load_stage_config
 from ganforge.entry import run_main
-from ganforge.evaluation.features import train_featurizer
 
 
 def main() -> None:
@@ -15,6 +14,8 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="metrics JSON (classifier accuracy)")
     args = parser.parse_args()
     cfg = load_stage_config(FeaturizerConfig, args.params)
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.evaluation.features import train_featurizer
     metrics = train_featurizer(cfg, data_dir=args.data, out_path=args.out, metrics_path=args.metrics)
     print(f"featurizer: test accuracy {metrics['test_accuracy']:.3f} -> {args.out}")
 

@@ -4,7 +4,6 @@ import argparse
 
 from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
-from ganforge.optimization.optimize import optimize, summary_lines
 
 
 def main() -> None:
@@ -20,6 +19,8 @@ def main() -> None:
     cfg = load_stage_config(OptimizeConfig, args.params)
     eval_cfg = load_stage_config(EvaluateConfig, args.params)  # the pinned FID protocol
     reference_cfg = load_stage_config(ReferenceConfig, args.params)
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.optimization.optimize import optimize, summary_lines
     metrics = optimize(cfg, eval_cfg, reference_cfg, args.train_dir, args.featurizer, args.reference, args.out,
                        args.metrics, args.table)
     print("\n".join(summary_lines(metrics, args.out)))

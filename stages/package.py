@@ -5,8 +5,6 @@ import argparse
 
 from ganforge.config import EvaluateConfig, PackageConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
-from ganforge.evaluation.protocol import make_protocol
-from ganforge.packaging.build import write_package
 
 
 def main() -> None:
@@ -20,8 +18,13 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="metrics JSON to write")
     args = parser.parse_args()
     cfg = load_stage_config(PackageConfig, args.params)
-    protocol = make_protocol(load_stage_config(EvaluateConfig, args.params),
-                             load_stage_config(ReferenceConfig, args.params), args.reference, args.featurizer)
+    eval_cfg = load_stage_config(EvaluateConfig, args.params)
+    reference_cfg = load_stage_config(ReferenceConfig, args.params)
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.evaluation.protocol import make_protocol
+    from ganforge.packaging.build import write_package
+
+    protocol = make_protocol(eval_cfg, reference_cfg, args.reference, args.featurizer)
     metrics = write_package(cfg, protocol, args.optimized, args.data, args.out, args.metrics)
     print(f"package: {metrics['variant']} generator, ONNX parity {metrics['onnx_max_abs_diff']:.2g} "
           f"(FID {metrics['onnx_fid']:.4f} vs {metrics['evaluated_fid']:.4f}) -> {args.out}")

@@ -3,7 +3,6 @@
 import argparse
 
 from ganforge.config import PrepareConfig, load_stage_config
-from ganforge.data.prepare import prepare
 from ganforge.entry import run_main
 
 
@@ -14,6 +13,8 @@ def main() -> None:
     parser.add_argument("--grid", required=True, help="PNG grid of prepared images")
     args = parser.parse_args()
     cfg = load_stage_config(PrepareConfig, args.params)
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.data.prepare import prepare
     manifest = prepare(cfg, out_dir=args.out, grid_path=args.grid)
     print(f"prepare: {manifest['counts']} images at {cfg.resolution}px -> {args.out}")
 

@@ -4,7 +4,6 @@ import argparse
 
 from ganforge.config import ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
-from ganforge.evaluation.reference import compute_reference
 
 
 def main() -> None:
@@ -16,6 +15,8 @@ def main() -> None:
     parser.add_argument("--metrics", required=True, help="metrics JSON (real-image IS, extraction speed)")
     args = parser.parse_args()
     cfg = load_stage_config(ReferenceConfig, args.params)
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.evaluation.reference import compute_reference
     metrics = compute_reference(cfg, args.data, args.featurizer, args.out, args.metrics)
     split = metrics[cfg.split]
     print(f"reference: {cfg.feature_extractor} statistics of {split['count']} {cfg.split} images "

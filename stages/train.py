@@ -3,9 +3,7 @@
 import argparse
 
 from ganforge.config import TrainConfig, load_stage_config
-from ganforge.distributed import is_main_process
 from ganforge.entry import run_main
-from ganforge.training.loop import train
 
 
 def main() -> None:
@@ -17,6 +15,9 @@ def main() -> None:
     parser.add_argument("--featurizer", help="featurizer weights (.safetensors) for the in-loop FID")
     args = parser.parse_args()
     cfg = load_stage_config(TrainConfig, args.params)
+    # imported once the params are checked, so a mistake in them is reported before torch loads
+    from ganforge.distributed import is_main_process
+    from ganforge.training.loop import train
     result = train(cfg, data_dir=args.data, out_dir=args.out, live_dir=args.live, featurizer_path=args.featurizer)
     if is_main_process():
         best = f", best in-loop FID {result.best_fid:.3f} at {result.best_kimg:.1f} kimg" if result.best_fid else ""

@@ -8,9 +8,18 @@ import sys
 import pytest
 import torch
 
+from ganforge import cli
 from ganforge.latents import latents, truncate
 
 CLI = [sys.executable, "-m", "ganforge.cli", "generate"]
+
+
+def _generate(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
+    """``ganforge generate ARGS`` run in this process, through the same ``main`` the command runs (without a new
+    interpreter loading torch each time): its exit code and what it wrote to stderr."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["generate", *args])
+    return exited.value.code, capsys.readouterr().err
 
 
 def test_truncated_latents_stay_within_psi_and_keep_their_place():
@@ -24,13 +33,11 @@ def test_truncated_latents_stay_within_psi_and_keep_their_place():
 
 
 @pytest.mark.slow
-def test_truncation_changes_images_deterministically(tiny_run, tmp_path):
-    run = lambda name, *extra: subprocess.run(  # noqa: E731
-        [*CLI, "--package", str(tiny_run.package), "-n", "8", "--out", str(tmp_path / name), *extra],
-        capture_output=True, text=True, timeout=120)
+def test_truncation_changes_images_deterministically(tiny_run, tmp_path, capsys):
     for name, extra in [("a", ["--truncation", "0.5"]), ("b", ["--truncation", "0.5"]), ("c", [])]:
-        result = run(name, *extra)
-        assert result.returncode == 0 and "img/s" in result.stderr  # tqdm's progress bar with images/s
+        code, err = _generate(capsys, "--package", str(tiny_run.package), "-n", "8", "--out", str(tmp_path / name),
+                              *extra)
+        assert code == 0 and "img/s" in err  # tqdm's progress bar with images/s
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert len(files) == 8
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
@@ -62,15 +69,15 @@ def test_torchrun_shards_byte_identical_to_one_process(tiny_run, tmp_path):
     (["--package", "{missing}"], "{missing}: package directory not found"),
     ([], "give --out DIR for PNG files, --grid FILE for one grid, or both"),
 ])
-def test_bad_arguments_give_one_line_and_exit_2(tiny_run, tmp_path, args, message, reliability):
+def test_bad_arguments_give_one_line_and_exit_2(tiny_run, tmp_path, capsys, args, message, reliability):
     reliability.bad_input()
     a_file, missing = tmp_path / "a-file", tmp_path / "no-package"
     a_file.write_text("x")
     fill = lambda text: text.format(file=a_file, missing=missing)  # noqa: E731
     package = [] if "--package" in args else ["--package", str(tiny_run.package)]
     out = [] if args in ([],) or "--out" in args else ["--out", str(tmp_path / "out")]
-    result = subprocess.run([*CLI, *package, *out, *map(fill, args)], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    code, err = _generate(capsys, *package, *out, *map(fill, args))
+    assert code == 2
+    lines = err.strip().splitlines()
     assert fill(message) in lines[-1]
     assert not any("Traceback" in line for line in lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ganforge.entry import run_main
 from ganforge.files import read_json
-from ganforge.packaging.package import MODELS, RUNTIMES
+from ganforge.packaging import MODELS, RUNTIMES  # torch loads only once a command runs
 
 
 def _int_in(minimum: int, maximum: int = 2**31 - 1):

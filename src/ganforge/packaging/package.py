@@ -30,14 +30,13 @@ from ganforge.images import to_uint8
 from ganforge.models import GeneratorSpec
 from ganforge.models.registry import build_generator, load_state, load_weights, resize_to_state
 from ganforge.optimization.variants import Recipe, build_variant
+from ganforge.packaging import MODELS, RUNTIMES
 from ganforge.packaging.onnx import onnx_session, run_onnx
 
 MANIFEST = "manifest.json"
 WEIGHTS, CONFIG, ONNX, SAMPLES, CARD = "model.safetensors", "config.json", "generator.onnx", "samples.png", "README.md"
 BASELINE_WEIGHTS, BASELINE_ONNX = "baseline.safetensors", "baseline.onnx"
 FORMAT = "ganforge-generator"
-RUNTIMES = ("torch", "onnxruntime")
-MODELS = ("winner", "baseline")
 
 
 @dataclass
