@@ -22,7 +22,7 @@ from ganforge.optimization.benchmark import (
     serialized_bytes,
     time_generators,
 )
-from ganforge.optimization.direct import DirectUpsampling, compile_kernel, register_block
+from ganforge.optimization.direct import BatchInnermostLinear, DirectUpsampling, compile_kernel, register_block
 from ganforge.optimization.overlap import OverlapAddUpsampling, _overlap_add_in_place, _overlap_add_traced
 from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
@@ -384,6 +384,31 @@ def test_direct_chain_equals_the_transposed_convs():
         expected = torch.tanh(second(F.leaky_relu(first(x), 0.2)))
         got = DirectUpsampling([(first, torch.nn.LeakyReLU(0.2)), (second, torch.nn.Tanh())])(x)
     assert got.shape == (33, 3, 12, 20) and torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_batch_innermost_linear_equals_the_linear_and_stores_the_batch_innermost(bias):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(7, 48, bias=bias)
+    layer = BatchInnermostLinear(linear)
+    for x in (torch.randn(5, 7), torch.randn(7, 33).t()):  # contiguous, and itself stored batch innermost
+        with torch.no_grad():
+            got = layer(x)
+        assert torch.allclose(got, linear(x), atol=1e-6)
+        assert got.shape == (x.shape[0], 48) and got.t().is_contiguous()  # (out, B) in memory
+
+
+def test_direct_fc_hands_the_chain_its_layout_without_a_transpose(monkeypatch):
+    generator = build_generator(GeneratorSpec("seed", 16, 16, 1)).eval()
+    lowered = build_variant(Recipe("direct"), generator, 16)
+    calls = []
+    monkeypatch.setattr(direct_form, "_transpose", lambda library: lambda *args: calls.append(args[2:4]))
+    z = torch.randn(32, 16)
+    with torch.no_grad():
+        h = lowered.fc(z).unflatten(1, (-1, 4, 4))  # (B, C, 4, 4)
+        assert h.permute(1, 2, 3, 0).is_contiguous()
+        lowered.ups(h)
+    assert len(calls) == 1  # only the layout change out of the chain
 
 
 def test_direct_register_blocks_cover_every_channel_evenly():
