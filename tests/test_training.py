@@ -198,7 +198,8 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     import time
 
     script = _RUN_TRAINING.format(data=str(tiny_run.prepared), featurizer=str(tiny_run.featurizer))
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    # A SIGKILLed run cannot remove its in-loop FID's temporary folder: keep such folders in the test's own.
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
 
     def run(out: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", script, str(tmp_path / out), str(tmp_path / f"{out}_live")],
