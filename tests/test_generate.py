@@ -32,7 +32,6 @@ def test_truncated_latents_stay_within_psi_and_keep_their_place():
     assert torch.equal(latents(5, 100, 50, 8, psi=0.7), truncated[100:150])
 
 
-@pytest.mark.slow
 def test_truncation_changes_images_deterministically(tiny_run, tmp_path, capsys):
     for name, extra in [("a", ["--truncation", "0.5"]), ("b", ["--truncation", "0.5"]), ("c", [])]:
         code, err = _generate(capsys, "--package", str(tiny_run.package), "-n", "8", "--out", str(tmp_path / name),
