@@ -4,6 +4,7 @@ import argparse
 
 from ganforge.config import EvaluateConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import replaced_together
 
 
 def main() -> None:
@@ -22,8 +23,10 @@ def main() -> None:
     reference_cfg = load_stage_config(ReferenceConfig, args.params)  # checked against the cached statistics
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.evaluation.evaluate import evaluate
-    metrics = evaluate(cfg, reference_cfg, args.train_dir, args.data, args.featurizer, args.reference, args.metrics,
-                       args.grid, args.nearest, args.speed)
+    with replaced_together({"--metrics": (args.metrics, "file"), "--speed": (args.speed, "file"),
+                            "--grid": (args.grid, "file"), "--nearest": (args.nearest, "file")}):
+        metrics = evaluate(cfg, reference_cfg, args.train_dir, args.data, args.featurizer, args.reference,
+                           args.metrics, args.grid, args.nearest, args.speed)
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "
           f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
           f"{metrics['img_per_s']:.0f} img/s -> {args.metrics}")

@@ -4,6 +4,7 @@ import argparse
 
 from ganforge.config import FeaturizerConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import replaced_together
 
 
 def main() -> None:
@@ -16,7 +17,8 @@ def main() -> None:
     cfg = load_stage_config(FeaturizerConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.evaluation.features import train_featurizer
-    metrics = train_featurizer(cfg, data_dir=args.data, out_path=args.out, metrics_path=args.metrics)
+    with replaced_together({"--out": (args.out, "file"), "--metrics": (args.metrics, "file")}):
+        metrics = train_featurizer(cfg, data_dir=args.data, out_path=args.out, metrics_path=args.metrics)
     print(f"featurizer: test accuracy {metrics['test_accuracy']:.3f} -> {args.out}")
 
 

@@ -4,6 +4,7 @@ import argparse
 
 from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import replaced_together
 
 
 def main() -> None:
@@ -21,8 +22,10 @@ def main() -> None:
     reference_cfg = load_stage_config(ReferenceConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.optimization.optimize import optimize, summary_lines
-    metrics = optimize(cfg, eval_cfg, reference_cfg, args.train_dir, args.featurizer, args.reference, args.out,
-                       args.metrics, args.table)
+    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file"),
+                            "--table": (args.table, "file")}):
+        metrics = optimize(cfg, eval_cfg, reference_cfg, args.train_dir, args.featurizer, args.reference, args.out,
+                           args.metrics, args.table)
     print("\n".join(summary_lines(metrics, args.out)))
 
 

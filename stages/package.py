@@ -5,6 +5,7 @@ import argparse
 
 from ganforge.config import EvaluateConfig, PackageConfig, ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import replaced_together
 
 
 def main() -> None:
@@ -24,8 +25,9 @@ def main() -> None:
     from ganforge.evaluation.protocol import make_protocol
     from ganforge.packaging.build import write_package
 
-    protocol = make_protocol(eval_cfg, reference_cfg, args.reference, args.featurizer)
-    metrics = write_package(cfg, protocol, args.optimized, args.data, args.out, args.metrics)
+    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file")}):
+        protocol = make_protocol(eval_cfg, reference_cfg, args.reference, args.featurizer)
+        metrics = write_package(cfg, protocol, args.optimized, args.data, args.out, args.metrics)
     print(f"package: {metrics['variant']} generator, ONNX parity {metrics['onnx_max_abs_diff']:.2g} "
           f"(FID {metrics['onnx_fid']:.4f} vs {metrics['evaluated_fid']:.4f}) -> {args.out}")
 

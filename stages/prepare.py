@@ -4,6 +4,7 @@ import argparse
 
 from ganforge.config import PrepareConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import replaced_together
 
 
 def main() -> None:
@@ -15,7 +16,8 @@ def main() -> None:
     cfg = load_stage_config(PrepareConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.data.prepare import prepare
-    manifest = prepare(cfg, out_dir=args.out, grid_path=args.grid)
+    with replaced_together({"--out": (args.out, "dir"), "--grid": (args.grid, "file")}):
+        manifest = prepare(cfg, out_dir=args.out, grid_path=args.grid)
     print(f"prepare: {manifest['counts']} images at {cfg.resolution}px -> {args.out}")
 
 

@@ -4,6 +4,7 @@ import argparse
 
 from ganforge.config import ReferenceConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import replaced_together
 
 
 def main() -> None:
@@ -17,7 +18,8 @@ def main() -> None:
     cfg = load_stage_config(ReferenceConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.evaluation.reference import compute_reference
-    metrics = compute_reference(cfg, args.data, args.featurizer, args.out, args.metrics)
+    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file")}):
+        metrics = compute_reference(cfg, args.data, args.featurizer, args.out, args.metrics)
     split = metrics[cfg.split]
     print(f"reference: {cfg.feature_extractor} statistics of {split['count']} {cfg.split} images "
           f"({split['extract_img_per_s']:.0f} img/s), real-image IS {split['isc_mean']:.3f} -> {args.out}")

@@ -4,6 +4,7 @@ import argparse
 
 from ganforge.config import TrainConfig, load_stage_config
 from ganforge.entry import run_main
+from ganforge.files import check_outputs
 
 
 def main() -> None:
@@ -15,6 +16,8 @@ def main() -> None:
     parser.add_argument("--featurizer", help="featurizer weights (.safetensors) for the in-loop FID")
     args = parser.parse_args()
     cfg = load_stage_config(TrainConfig, args.params)
+    # Checked, not held back: checkpoints land in --out as training goes, so that a rerun resumes.
+    check_outputs({"--out": (args.out, "dir"), "--live": (args.live, "dir")})
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.distributed import is_main_process
     from ganforge.training.loop import train

@@ -181,3 +181,107 @@ def test_fuzzed_files_give_a_config_or_one_line_error(tmp_path, reliability, tex
     cut = len(text) * 37 % len(base)
     path.write_bytes(base[:cut] + (text.encode() if isinstance(text, str) else text) + base[cut:])
     _load_every_stage(path, reliability)
+
+
+# --- numbers as users and DVC write them, non-finite values, duplicate keys ---
+
+def _dvc_dump(value: float) -> str:
+    """``value`` as DVC writes it into params.yaml for ``dvc exp run -S`` (ruamel.yaml, YAML 1.2)."""
+    import io
+
+    import ruamel.yaml
+
+    buffer = io.StringIO()
+    ruamel.yaml.YAML().dump({"value": value}, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("text", ["2e-4", "3e-05", "1e300", "5e-2", "1e3", "1_000.5", ".5", "-1.5E+3"])
+def test_numbers_in_exponent_notation_are_numbers(text):
+    from ganforge.config import parse_yaml
+
+    assert parse_yaml(f"value: {text}", "params.yaml")["value"] == float(text.replace("_", ""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**30, 10**30))
+def test_every_number_dvc_writes_reads_back_as_the_same_number(value):
+    import ruamel.yaml
+
+    from ganforge.config import parse_yaml
+
+    text = _dvc_dump(ruamel.yaml.YAML().load(repr(value)))  # as `-S key=<repr>` would parse and write it
+    assert parse_yaml(text, "params.yaml")["value"] == value
+
+
+def _float_keys() -> list[tuple[type, str]]:
+    import dataclasses
+    import typing
+
+    from ganforge.config import STAGE_CONFIGS
+
+    keys = []
+    for cls in STAGE_CONFIGS.values():
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if float in (hint, *typing.get_args(hint)) and f.name not in cls.TOP_LEVEL:
+                keys.append((cls, f.name))
+    return keys
+
+
+@pytest.mark.parametrize(("cls", "key"), _float_keys(), ids=lambda x: getattr(x, "SECTION", x))
+def test_non_finite_values_are_refused_for_every_float_key(tmp_path, reliability, cls, key):
+    for text in (".inf", "-.inf", ".nan", "[.inf]"):
+        params = _params()
+        params[cls.SECTION][key] = "VALUE"
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump(params).replace(" VALUE\n", f" {text}\n"))  # as a user would write it
+        reliability.bad_input()
+        with pytest.raises(UserError) as e:
+            load_stage_config(cls, path)
+        message = str(e.value)
+        assert f"{cls.SECTION}.{key}" in message and "\n" not in message
+        assert "finite" in message or "expected a list" in message or "expected a number" in message, message
+
+
+def test_top_level_lr_refuses_non_finite_values_too(tmp_path, reliability):
+    for text in (".inf", ".nan"):
+        path = tmp_path / "params.yaml"
+        path.write_text(yaml.safe_dump({k: v for k, v in _params().items() if k != "lr"}) + f"lr: {text}\n")
+        reliability.bad_input()
+        with pytest.raises(UserError, match=r"lr: expected a finite number"):
+            load_stage_config(TrainConfig, path)
+
+
+def test_integers_in_float_notation_are_integers_and_fractions_are_refused(tmp_path):
+    params = _params()
+    params["train"]["fid_samples"] = 1e3
+    assert load_stage_config(TrainConfig, _write(tmp_path, params)).fid_samples == 1000
+    params["train"]["fid_samples"] = 2.5
+    with pytest.raises(UserError, match=r"train.fid_samples: expected an integer, got 2.5"):
+        load_stage_config(TrainConfig, _write(tmp_path, params))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_duplicated_key_or_section_names_the_key_and_its_line(tmp_path, reliability, data):
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    keyed = [i for i, line in enumerate(lines) if ":" in line and not line.lstrip().startswith("#")
+             and line.split(":")[0].strip() and not line.startswith(" " * 13)]  # not continuation lines
+    first = data.draw(st.sampled_from(keyed))
+    key, indent = lines[first].split(":")[0].strip(), len(lines[first]) - len(lines[first].lstrip())
+    if indent:  # a key inside a section: a second copy at the end of that section
+        end = next((j for j in range(first + 1, len(lines)) if lines[j] and not lines[j].startswith(" ")), len(lines))
+        copy = " " * indent + f"{key}: {lines[first].split(':', 1)[1].split('#')[0].strip() or 'null'}"
+    else:  # a top-level key or a whole section, again at the end of the file
+        end, copy = len(lines), f"{key}: {{}}" if lines[first].rstrip().endswith(":") else lines[first]
+    while end > first + 1 and not lines[end - 1].strip():
+        end -= 1
+    edited = [*lines[:end], copy, *lines[end:]]
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(edited) + "\n")
+    reliability.bad_input()
+    with pytest.raises(UserError) as e:
+        read_params(path)
+    assert str(e.value) == (f"{path}: malformed YAML at line {end + 1}: duplicate key {key!r} "
+                            f"(first at line {first + 1})"), str(e.value)

@@ -16,7 +16,7 @@ from ganforge.models import load_generator
 from ganforge.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+LAUNCH = [sys.executable, "-m", "ganforge.launch"]  # torchrun, as the train stage's cmd runs it
 
 # Patches the data stream of one rank, then runs the train stage script as torchrun would.
 _FAULTY_WORKER = """
@@ -48,15 +48,15 @@ TRAIN = {"kimg": 1.0, "batch_size": 32, "log_interval_kimg": 0.25, "checkpoint_k
 
 
 def _torchrun(tmp_path: Path, prepared: Path, out: str, train: dict, fault: str | None = None,
-              max_restarts: int = 0) -> subprocess.CompletedProcess:
+              max_restarts: int = 0, params_text: str | None = None) -> subprocess.CompletedProcess:
     params = {"seed": 0, "lr": 0.0002, "train": TRAIN | train}
     params_path = tmp_path / f"{out}.yaml"
-    params_path.write_text(yaml.safe_dump(params))
+    params_path.write_text(params_text if params_text is not None else yaml.safe_dump(params))
     script = [str(REPO / "stages/train.py")]
     if fault:
         (tmp_path / "faulty.py").write_text(_FAULTY_WORKER)
         script = [str(tmp_path / "faulty.py"), fault, *script]
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", f"--max-restarts={max_restarts}", *script,
+    cmd = [*LAUNCH, "--standalone", "--nproc_per_node=2", f"--max-restarts={max_restarts}", *script,
            "--params", str(params_path), "--data", str(prepared), "--out", str(tmp_path / out),
            "--live", str(tmp_path / f"{out}_live")]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
@@ -92,12 +92,46 @@ def test_each_ranks_step_time_is_logged(two_process_run):
         assert len(rows) > 2 and all(float(r.split("\t")[1]) > 0 for r in rows[1:])
 
 
+def _last_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 @pytest.mark.slow
 def test_a_stalled_rank_times_out_with_an_error_naming_the_rank(tmp_path, tiny_run, reliability):
     reliability.fault()
     result = _torchrun(tmp_path, tiny_run.prepared, "stalled", {"collective_timeout_s": 3}, fault="stall")
-    assert result.returncode != 0
-    assert "train: error: rank 0 of 2: gradient all-reduce failed within the 3 s collective timeout" in result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _last_line(result.stderr).startswith(
+        "train: error: rank 0 of 2: gradient all-reduce failed within the 3 s collective timeout")
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+
+
+@pytest.mark.parametrize(("params_text", "expected"), [
+    pytest.param("seed: 0\nlr: 3e-5\ntrain:\n  kimg: .inf\n  nproc: 2\n",
+                 "train.kimg: expected a finite number, got inf", id="infinite-kimg"),
+    pytest.param("train:\n  nproc: 2\nseed: 0\ntrain:\n  kimg: 1\n", "duplicate key 'train'",
+                 id="duplicate-section"),
+    pytest.param("train:\n  nproc: 2\n  kimg: 1\n", "manifest.json", id="missing-data"),
+])
+def test_a_user_error_under_torchrun_is_one_line_and_exit_2(tmp_path, reliability, params_text, expected):
+    reliability.bad_input()
+    result = _torchrun(tmp_path, tmp_path / "no-data", "bad", {}, params_text=params_text)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = _last_line(result.stderr)
+    assert last.startswith("train: error: ") and expected in last, result.stderr[-3000:]
+    assert result.stderr.count(last) == 1  # once, however many ranks hit it
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+    assert "failed (exitcode" not in result.stderr  # torchrun's report of a handled failure is dropped
+
+
+def test_a_crash_under_the_launcher_keeps_torchruns_report(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text("raise RuntimeError('not a handled error')\n")
+    result = subprocess.run([*LAUNCH, "--standalone", "--nproc_per_node=1", str(script)], capture_output=True,
+                            text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1
+    assert "RuntimeError: not a handled error" in result.stderr and "ChildFailedError" in result.stderr
 
 
 @pytest.mark.slow

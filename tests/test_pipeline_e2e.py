@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ganforge.config import read_params
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.slow  # real dvc runs; later tests build on the first run
@@ -182,12 +183,14 @@ def test_a_changed_source_folder_reruns_prepare(tmp_path, reliability):
     assert json.loads((root / "data/prepared/manifest.json").read_text())["files_seen"] == seen + 1
 
 
-def test_experiment_with_a_new_lr_changes_the_metrics(repo, reliability):
+def test_experiment_with_an_exponent_lr_changes_the_metrics(repo, reliability):
     root, env = repo
     head = _run(["git", "rev-parse", "HEAD"], root, env)
     before = json.loads((root / "metrics/evaluate.json").read_text())
-    _dvc(repo, "exp", "run", "-S", "lr=0.0004")
-    assert yaml.safe_load((root / "params.yaml").read_text())["lr"] == 0.0004
+    # 3e-5, not 0.0004: DVC writes it back in exponent notation, which YAML 1.1 (PyYAML's default) reads as a string
+    _dvc(repo, "exp", "run", "-S", "lr=3e-5")
+    assert isinstance(yaml.safe_load((root / "params.yaml").read_text())["lr"], str)
+    assert read_params(root / "params.yaml")["lr"] == 3e-5
     after = json.loads((root / "metrics/evaluate.json").read_text())
     assert after["fid"] != before["fid"]
     diff = json.loads(_dvc(repo, "metrics", "diff", "--all", "--json"))

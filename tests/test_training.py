@@ -143,12 +143,39 @@ def test_a_checkpoint_write_that_fails_partway_keeps_the_previous_file(tmp_path,
     assert load_checkpoint(path)["step"] == 1
 
 
+# Run in a child before the code under test: once training has written its first periodic checkpoint, the child
+# says so (a marker file) and waits there for ever, so a signal sent after the marker lands mid-run on any machine,
+# however busy: the test waits for this event, never races the training.
+_PAUSE_AFTER_FIRST_CHECKPOINT = """
+import os, pathlib, time
+from ganforge.training import loop
+marker, real_save = os.environ.get("PAUSE_MARKER"), loop.save_checkpoint
+
+def save_then_pause(*args, **kwargs):
+    real_save(*args, **kwargs)
+    if marker and kwargs.get("keep_previous"):
+        pathlib.Path(marker).write_text("saved")
+        while True:
+            time.sleep(60)
+
+loop.save_checkpoint = save_then_pause
+"""
+
+
+def _wait_for(marker: Path, process) -> None:
+    """Block until the child wrote ``marker``, failing at once if it exited first."""
+    import time
+
+    while not marker.exists():
+        assert process.poll() is None, f"the run ended before its first checkpoint: {process.communicate()[1][-2000:]}"
+        time.sleep(0.05)
+
+
 def test_ctrl_c_keeps_the_last_checkpoint_and_names_it(tmp_path, tiny_run, reliability):
     import os
     import signal
     import subprocess
     import sys
-    import time
 
     import yaml
 
@@ -156,14 +183,14 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_names_it(tmp_path, tiny_run, relia
                 "snapshot_kimg": 0, "fid_interval_kimg": 0}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"train": settings}))
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "stages/train.py"), "--params", str(params), "--data", str(tiny_run.prepared),
-           "--out", str(out), "--live", str(tmp_path / "live")]
-    victim = subprocess.Popen(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    out, marker = tmp_path / "out", tmp_path / "paused"
+    script = _PAUSE_AFTER_FIRST_CHECKPOINT + "import runpy; runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    cmd = [sys.executable, "-c", "import sys; sys.argv = sys.argv[1:]\n" + script, str(REPO / "stages/train.py"),
+           "--params", str(params), "--data", str(tiny_run.prepared), "--out", str(out), "--live",
+           str(tmp_path / "live")]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PAUSE_MARKER": str(marker)}
+    victim = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(marker, victim)
     reliability.fault()
     victim.send_signal(signal.SIGINT)
     _, stderr = victim.communicate(timeout=120)
@@ -176,7 +203,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_names_it(tmp_path, tiny_run, relia
     assert "Traceback" not in stderr
 
 
-_RUN_TRAINING = """
+_RUN_TRAINING = _PAUSE_AFTER_FIRST_CHECKPOINT + """
 import sys
 from ganforge.config import TrainConfig, config_from_dict
 from ganforge.training.loop import train
@@ -195,22 +222,21 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     import signal
     import subprocess
     import sys
-    import time
 
     script = _RUN_TRAINING.format(data=str(tiny_run.prepared), featurizer=str(tiny_run.featurizer))
     # A SIGKILLed run cannot remove its in-loop FID's temporary folder: keep such folders in the test's own.
     env = os.environ | {"OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
 
-    def run(out: str) -> subprocess.Popen:
+    def run(out: str, pause_marker: Path | None = None) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", script, str(tmp_path / out), str(tmp_path / f"{out}_live")],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                env=env | {"PAUSE_MARKER": str(pause_marker or "")}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
 
     assert run("straight").wait(timeout=300) == 0
-    victim = run("killed")
+    marker = tmp_path / "paused"
+    victim = run("killed", marker)
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for(marker, victim)
     reliability.fault()
     victim.send_signal(signal.SIGKILL)
     victim.wait()

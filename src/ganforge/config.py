@@ -8,6 +8,8 @@ types and out-of-range values raise :class:`UserError` naming the key and the va
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +19,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from ganforge.errors import UserError
+from ganforge.files import read_text
 
 _POWERS_OF_TWO = (8, 16, 32, 64, 128, 256)
+# Upper bounds far past any real run, so a slip of the exponent (kimg: 2e30) is refused, not run for ever.
+_MAX_KIMG = 1e6  # a billion images
+_MAX_SAMPLES = 10_000_000
+_MAX_REPEATS = 100_000
 
 C = TypeVar("C", bound="StageConfig")
 
@@ -94,7 +101,7 @@ class PrepareConfig(StageConfig):
     resize: Literal["center-crop", "pad"] = "center-crop"
     background: Literal["black", "white"] = "black"
     test_fraction: float = _param(0.2, gt=0.0, lt=1.0)
-    max_images: int | None = _param(None, ge=1)
+    max_images: int | None = _param(None, ge=1, le=2**40)
     max_bad_fraction: float = _param(0.1, ge=0.0, le=1.0)
     hflip: bool = False
 
@@ -151,13 +158,13 @@ class TrainConfig(StageConfig):
     width: float = _param(1.0, gt=0.0, le=16.0)
     z_dim: int = _param(100, ge=1, le=4096)
     batch_size: int = _param(64, ge=2, le=65536)  # BatchNorm needs two samples per batch
-    kimg: float = _param(200.0, gt=0.0)
+    kimg: float = _param(200.0, gt=0.0, le=_MAX_KIMG)
     loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
     r1_gamma: float = _param(0.0, ge=0.0)
-    r1_interval: int = _param(16, ge=1)
+    r1_interval: int = _param(16, ge=1, le=1_000_000)
     d_lr_ratio: float = _param(1.0, gt=0.0, le=100.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    warmup_kimg: float = _param(0.0, ge=0.0)
+    warmup_kimg: float = _param(0.0, ge=0.0, le=_MAX_KIMG)
     beta1: float = _param(0.5, ge=0.0, lt=1.0)
     beta2: float = _param(0.999, ge=0.0, lt=1.0)
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -165,16 +172,16 @@ class TrainConfig(StageConfig):
     d_spectral_norm: bool = False
     augment: str = ""
     ada_target: float = _param(0.0, ge=0.0, lt=1.0)
-    ada_kimg: float = _param(100.0, gt=0.0)
-    ema_kimg: float = _param(10.0, ge=0.0)
+    ada_kimg: float = _param(100.0, gt=0.0, le=_MAX_KIMG)
+    ema_kimg: float = _param(10.0, ge=0.0, le=_MAX_KIMG)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: int = _param(1, ge=1, le=1024)
-    collective_timeout_s: float = _param(600.0, gt=0.0)
-    log_interval_kimg: float = _param(2.0, gt=0.0)
-    checkpoint_kimg: float = _param(20.0, gt=0.0)
-    snapshot_kimg: float = _param(50.0, ge=0.0)
-    fid_interval_kimg: float = _param(50.0, ge=0.0)
-    fid_samples: int = _param(500, ge=2)
+    collective_timeout_s: float = _param(600.0, gt=0.0, le=7 * 86400.0)
+    log_interval_kimg: float = _param(2.0, gt=0.0, le=_MAX_KIMG)
+    checkpoint_kimg: float = _param(20.0, gt=0.0, le=_MAX_KIMG)
+    snapshot_kimg: float = _param(50.0, ge=0.0, le=_MAX_KIMG)
+    fid_interval_kimg: float = _param(50.0, ge=0.0, le=_MAX_KIMG)
+    fid_samples: int = _param(500, ge=2, le=_MAX_SAMPLES)
 
     def __post_init__(self) -> None:
         parse_augment_policy(self.augment)
@@ -236,7 +243,7 @@ class ReferenceConfig(StageConfig):
     feature_extractor: Literal["domain", "inception-v3-compat"] = "domain"
     inception_weights: str | None = None
     split: Literal["train", "test"] = "train"
-    max_samples: int | None = _param(None, ge=2)
+    max_samples: int | None = _param(None, ge=2, le=_MAX_SAMPLES)
     batch_size: int = _param(250, ge=1, le=65536)
 
 
@@ -264,14 +271,14 @@ class EvaluateConfig(StageConfig):
     SECTION: ClassVar[str] = "evaluate"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
-    num_samples: int = _param(2000, ge=2)
+    num_samples: int = _param(2000, ge=2, le=_MAX_SAMPLES)
     batch_size: int = _param(250, ge=1, le=65536)
-    kid_subset_size: int = _param(1000, ge=2)
-    kid_subsets: int = _param(100, ge=1)
+    kid_subset_size: int = _param(1000, ge=2, le=_MAX_SAMPLES)
+    kid_subsets: int = _param(100, ge=1, le=_MAX_REPEATS)
     grid_size: int = _param(64, ge=1, le=1024)
     generator: Literal["best", "last"] = "best"
     speed_batch: int = _param(256, ge=1, le=65536)
-    speed_repeats: int = _param(10, ge=1)
+    speed_repeats: int = _param(10, ge=1, le=_MAX_REPEATS)
     nearest_count: int = _param(8, ge=1, le=64)
     truncation_psis: tuple[float, ...] = _param((1.0, 0.5), gt=0.0)
 
@@ -311,15 +318,15 @@ class OptimizeConfig(StageConfig):
     variants: tuple[str, ...] = _param(("fp32", "fused", "int8"))
     batch: int = _param(64, ge=1, le=65536)
     speed_batches: tuple[int, ...] = _param((1, 64, 256), ge=1, le=65536)
-    warmup: int = _param(3, ge=0)
-    repeats: int = _param(30, ge=1)
+    warmup: int = _param(3, ge=0, le=_MAX_REPEATS)
+    repeats: int = _param(30, ge=1, le=_MAX_REPEATS)
     threads: int = _param(0, ge=0, le=1024)
     max_fid_increase: float = _param(0.1, ge=0.0)
-    calibration_batches: int = _param(8, ge=1)
+    calibration_batches: int = _param(8, ge=1, le=_MAX_REPEATS)
     int8_backend: Literal["fbgemm", "onednn", "qnnpack", "x86"] = "fbgemm"
     prune_ratio: float = _param(0.8, gt=0.0, lt=1.0)
     prune_importance: Literal["l1", "bn-scale"] = "l1"
-    finetune_kimg: float = _param(150.0, ge=0.0)
+    finetune_kimg: float = _param(150.0, ge=0.0, le=_MAX_KIMG)
     finetune_lr: float = _param(2e-3, gt=0.0, le=1.0)
     finetune_batch: int = _param(64, ge=1, le=65536)
     adversarial_weight: float = _param(0.001, ge=0.0)
@@ -344,7 +351,7 @@ class PackageConfig(StageConfig):
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
     onnx_opset: int = _param(17, ge=11, le=23)
-    parity_batch: int = _param(16, ge=1)
+    parity_batch: int = _param(16, ge=1, le=65536)
     parity_max_abs_diff: float = _param(1e-3, gt=0.0)
     parity_max_fid_rel_diff: float = _param(0.01, gt=0.0)
     grid_size: int = _param(64, ge=1, le=1024)
@@ -358,22 +365,86 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
 }
 
 
-def read_params(path: str | Path) -> dict[str, Any]:
-    """Read a params file and check its top level: a mapping of known stage sections and top-level keys."""
-    path = Path(path)
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 core-schema scalars, as DVC writes them (``dvc exp run -S lr=3e-5``
+    writes ``3e-05``, which YAML 1.1 reads as a string), and duplicate keys refused instead of the last winning.
+
+    PyYAML implements YAML 1.1 only; this swaps its implicit resolvers for the 1.2 ones DVC's reader uses: ``true``/
+    ``false`` (not yes/no/on/off), integers and floats with or without a dot or ``_`` separators, no sexagesimals.
+    Timestamps stay strings (a folder named ``2024-01-01`` is a path, not a date)."""
+
+    yaml_implicit_resolvers: dict = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first_line.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if seen is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen})", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_core_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node).replace("_", "")
+        sign, digits = (-1, text[1:]) if text.startswith("-") else (1, text.lstrip("+"))
+        base = {"0o": 8, "0x": 16, "0b": 2}.get(digits[:2], 10)
+        try:
+            return sign * int(digits[2:] if base != 10 else digits, base)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(None, None, f"not an integer: {text!r}", node.start_mark) from None
+
+    def construct_core_float(self, node: yaml.ScalarNode) -> float:
+        text = self.construct_scalar(node).replace("_", "").lower()
+        if text.lstrip("+-") == ".inf":
+            return -math.inf if text.startswith("-") else math.inf
+        try:
+            return math.nan if text == ".nan" else float(text)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(None, None, f"not a number: {text!r}", node.start_mark) from None
+
+
+_CORE_SCHEMA = {  # tag -> (pattern, first characters): the YAML 1.2 scalars DVC's reader (ruamel.yaml) resolves
+    "tag:yaml.org,2002:bool": (r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    "tag:yaml.org,2002:int": (r"[-+]?[0-9][0-9_]*|[-+]?0o[0-7_]+|[-+]?0x[0-9a-fA-F_]+|[-+]?0b[01_]+", "-+0123456789"),
+    "tag:yaml.org,2002:float": (r"[-+]?[0-9][0-9_]*\.[0-9_]*([eE][-+]?[0-9]+)?|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
+                                r"|[-+]?\.[0-9_]+([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.nan|\.NaN|\.NAN",
+                                "-+.0123456789"),
+    "tag:yaml.org,2002:null": (r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+}
+for _tag, (_pattern, _first) in _CORE_SCHEMA.items():
+    _Yaml12Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _Yaml12Loader.construct_core_int)
+_Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _Yaml12Loader.construct_core_float)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML 1.2 text; malformed YAML or a duplicate key is a :class:`UserError` naming ``source`` and
+    the line."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: params file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
-    try:
-        params = yaml.safe_load(text)
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "unknown line"
         problem = getattr(e, "problem", None) or type(e).__name__
-        raise UserError(f"{path}: malformed YAML at {where}: {problem}") from None
+        raise UserError(f"{source}: malformed YAML at {where}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{source}: malformed YAML: nested too deeply") from None
+
+
+def read_params(path: str | Path) -> dict[str, Any]:
+    """Read a params file (YAML 1.2) and check its top level: a mapping of known stage sections and top-level
+    keys."""
+    path = Path(path)
+    try:
+        text = read_text(path)
+    except UserError as e:
+        raise UserError(f"{e} (params file)") from None
+    params = parse_yaml(text, str(path))
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -430,7 +501,7 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
     origin = typing.get_origin(hint)
     if origin is Literal:
         allowed = typing.get_args(hint)
-        if value not in allowed or isinstance(value, bool):
+        if not any(value == a and type(value) is type(a) for a in allowed):  # 1.0 or True is not the choice 1
             raise UserError(f"{label}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
     if origin is tuple:
@@ -450,15 +521,21 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
             raise UserError(f"{label}: expected true or false, got {value!r}")
         return value
     if hint is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # 1e3 as YAML 1.2 writes it: an integer in float notation
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{label}: expected an integer, got {value!r}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{label}: expected a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{label}: expected a finite number, got {value!r}")
     elif hint is str:
         if not isinstance(value, str):
             raise UserError(f"{label}: expected a string, got {value!r}")
+        if "\0" in value:  # no path or name can hold one
+            raise UserError(f"{label}: a NUL character is not allowed, got {value!r}")
     else:
         raise AssertionError(f"unsupported config type {hint!r}")
     _check_range(label, value, meta)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from ganforge.errors import Interrupted, UserError
+from ganforge.launch import record_worker_error
 
 EXIT_ENVIRONMENT_ERROR = 1
 EXIT_USER_ERROR = 2
@@ -21,16 +23,20 @@ def run_main(main: Callable[[], None], prog: str) -> None:
     try:
         main()
     except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        _fail(f"{prog}: error: {e}", EXIT_USER_ERROR)
     except KeyboardInterrupt as e:
         what = str(e) if isinstance(e, Interrupted) else "interrupted; outputs already in place were left untouched"
-        print(f"{prog}: {what}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(f"{prog}: {what}", EXIT_INTERRUPTED)
     except OSError as e:
         if e.errno not in _ENVIRONMENT_ERRNOS:
             raise
-        print(f"{prog}: error: {e.filename or 'write'}: {e.strerror}; outputs already in place were left untouched",
-              file=sys.stderr)
-        sys.exit(EXIT_ENVIRONMENT_ERROR)
+        _fail(f"{prog}: error: {e.filename or 'write'}: {e.strerror}; outputs already in place were left untouched",
+              EXIT_ENVIRONMENT_ERROR)
     sys.exit(0)
+
+
+def _fail(line: str, code: int) -> NoReturn:
+    """Say ``line`` on stderr (or, in a worker of :mod:`ganforge.launch`, hand it to the launcher) and exit."""
+    if not record_worker_error(line, code):
+        print(line, file=sys.stderr)
+    sys.exit(code)

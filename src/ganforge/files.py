@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ganforge.errors import UserError
 
@@ -29,20 +30,164 @@ def usual_permissions(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~_UMASK)
 
 
+OutputKind = Literal["dir", "file"]
+
+
+_KINDS = {"dir": "a directory", "file": "a file"}
+
+
+def check_output(path: str | Path, kind: OutputKind, label: str = "") -> Path:
+    """Refuse an output path that cannot become a ``kind`` (``dir`` or ``file``): it exists as the other kind, a
+    parent is a file, or the nearest existing parent is not writable. ``label`` names the flag or key that gave
+    the path. Nothing is created."""
+    path = Path(path)
+    where = f"{label} {path}" if label else str(path)
+    if path.exists() and path.is_dir() != (kind == "dir"):
+        other = _KINDS["file" if kind == "dir" else "dir"]
+        raise UserError(f"{where}: exists as {other}, expected {_KINDS[kind]} (remove it or choose another path)")
+    parent = path.absolute().parent
+    while not parent.exists() and not parent.is_symlink():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{where}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: {parent} is not writable")
+    return path
+
+
+class _Outputs:
+    """The outputs declared by :func:`replaced_together`, and the finished ones waiting to be swapped in."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.declared = {p.absolute() for p in paths}
+        self.staged: list[tuple[Path, Path]] = []  # (finished temporary, final path), in finishing order
+
+    def defer(self, tmp: Path, path: Path) -> bool:
+        """Take over a finished temporary whose final path is a declared output; False for any other path."""
+        if path.absolute() not in self.declared:
+            return False
+        self.staged.append((tmp, path))
+        return True
+
+    def staged_for(self, path: Path) -> Path | None:
+        """The finished temporary that will become ``path``, if any."""
+        found = [tmp for tmp, final in self.staged if final.absolute() == path.absolute()]
+        return found[-1] if found else None
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            _remove(tmp)
+
+    def commit(self) -> None:
+        """Swap every staged output in; if one swap fails, undo the earlier ones, so none is replaced."""
+        done: list[tuple[Path, Path | None]] = []  # (final path, its previous version moved aside)
+        try:
+            for tmp, path in self.staged:
+                aside = None
+                if path.exists() or path.is_symlink():
+                    aside = path.with_name(f".{path.name}.{os.getpid()}.old")
+                    os.replace(path, aside)
+                done.append((path, aside))
+                os.replace(tmp, path)
+        except BaseException:
+            for path, aside in reversed(done):
+                if aside is not None:
+                    if path.exists() and not path.is_symlink() and path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    os.replace(aside, path)  # put the previous version back
+            self.discard()
+            raise
+        for _, aside in done:
+            if aside is not None:
+                _remove(aside)
+
+
+_ACTIVE_OUTPUTS: contextvars.ContextVar[_Outputs | None] = contextvars.ContextVar("ganforge_outputs", default=None)
+
+
+def check_outputs(outputs: Mapping[str, tuple[str | Path, OutputKind]]) -> None:
+    """:func:`check_output` for each ``label: (path, kind)``."""
+    for label, (path, kind) in outputs.items():
+        check_output(path, kind, label)
+
+
+@contextlib.contextmanager
+def replaced_together(outputs: Mapping[str, tuple[str | Path, OutputKind]]) -> Iterator[None]:
+    """Declare a stage's outputs, ``label: (path, kind)``: each is checked now (:func:`check_output`), and
+    :func:`atomic_path` / :func:`atomic_dir` writes to them inside the block are held back and swapped in together
+    when the block ends. A failure anywhere inside replaces none of them."""
+    check_outputs(outputs)
+    state = _Outputs([Path(path) for path, _ in outputs.values()])
+    token = _ACTIVE_OUTPUTS.set(state)
+    try:
+        yield
+    except BaseException:
+        state.discard()
+        raise
+    finally:
+        _ACTIVE_OUTPUTS.reset(token)
+    state.commit()
+
+
+def current_path(path: str | Path) -> Path:
+    """Where ``path``'s latest contents are: inside :func:`replaced_together` a finished output keeps its temporary
+    name until the block ends, and reading it back (to hash it, say) must find that version."""
+    outputs = _ACTIVE_OUTPUTS.get()
+    staged = outputs.staged_for(Path(path)) if outputs is not None else None
+    return staged if staged is not None else Path(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _finish(tmp: Path, path: Path) -> bool:
+    """Move a finished temporary into place, or hand it to the active :func:`replaced_together`; True when
+    handed over (the caller must then leave ``tmp`` alone)."""
+    outputs = _ACTIVE_OUTPUTS.get()
+    if outputs is not None and outputs.defer(tmp, path):
+        return True
+    os.replace(tmp, path)
+    return False
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it into place, on failure delete it."""
-    path = Path(path)
+    """Yield a temporary path beside ``path``; on success rename it into place, on failure delete it. A
+    directory at ``path`` is refused (:func:`check_output`), never replaced."""
+    path = check_output(path, "file")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    handed_over = False
     try:
         yield tmp
         usual_permissions(tmp)
-        os.replace(tmp, path)
+        handed_over = _finish(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not handed_over:
+            tmp.unlink(missing_ok=True)
+
+
+def _swap_dir(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``, moving a previous ``path`` aside first and putting it back on failure."""
+    aside: Path | None = None
+    try:
+        if path.exists() or path.is_symlink():
+            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)) / path.name
+            os.replace(path, aside)
+        os.replace(tmp, path)
+    except BaseException:
+        if aside is not None and (aside.exists() or aside.is_symlink()) and not path.exists():
+            os.replace(aside, path)  # put the previous version back
+        raise
+    finally:
+        if aside is not None:
+            shutil.rmtree(aside.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -51,27 +196,23 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
     The old directory is moved aside, the new one renamed in, then the old one deleted. If anything fails
     (including Ctrl-C) before the swap completes, the old directory is put back and the new one discarded,
-    so ``path`` ends up holding either the complete previous directory or the complete new one.
+    so ``path`` ends up holding either the complete previous directory or the complete new one. A file at
+    ``path`` is refused (:func:`check_output`), never replaced.
     """
-    path = Path(path)
+    path = check_output(path, "dir")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
-    aside: Path | None = None
+    handed_over = False
     try:
         yield tmp
-        if path.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)) / path.name
-            os.replace(path, aside)
-        os.replace(tmp, path)
-    except BaseException:
-        if aside is not None and aside.exists() and not path.exists():
-            os.replace(aside, path)  # put the previous directory back
-        raise
+        outputs = _ACTIVE_OUTPUTS.get()
+        handed_over = outputs is not None and outputs.defer(tmp, path)
+        if not handed_over:
+            _swap_dir(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if aside is not None:
-            shutil.rmtree(aside.parent, ignore_errors=True)
+        if not handed_over:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -80,21 +221,46 @@ def write_json(path: str | Path, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, raising :class:`UserError` naming the file if it is missing or malformed."""
+def read_text(path: str | Path, max_bytes: int = 64 << 20) -> str:
+    """Read a UTF-8 text file that ganforge did not necessarily write itself: a missing file, a directory in its
+    place, non-UTF-8 bytes or a file over ``max_bytes`` is a :class:`UserError` naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        with open(current_path(path), "rb") as f:
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a file") from None
+    except NotADirectoryError:
+        raise UserError(f"{path}: a parent of this path is a file, not a directory") from None
+    except PermissionError:
+        raise UserError(f"{path}: not readable (permission denied)") from None
+    if len(data) > max_bytes:
+        raise UserError(f"{path}: larger than {max_bytes >> 20} MiB; not a file ganforge wrote")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start})") from None
+
+
+def read_json(path: str | Path, max_bytes: int = 64 << 20) -> Any:
+    """Read a JSON file; missing, unreadable (see :func:`read_text`) or malformed is a :class:`UserError` naming
+    the file. Callers check the shape of what they get."""
+    path = Path(path)
+    text = read_text(path, max_bytes)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed JSON: nested too deeply") from None
 
 
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(current_path(path), "rb") as f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
