@@ -21,6 +21,8 @@ import torch
 import yaml
 from measure import REPO, machine, machine_line, save_results, timed, write_doc_section
 
+from ganforge.config import read_params
+
 RESULTS = REPO / "bench/data_path.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
 POLICY = ("color", "translation", "cutout")
@@ -28,7 +30,7 @@ POLICY = ("color", "translation", "cutout")
 
 def prepare_archive(archive: Path, work: Path) -> dict:
     """Run the prepare stage script on the archive in a subprocess; time it and its peak memory."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     params["prepare"] |= {"source": "archive", "path": str(archive.resolve()), "resolution": 32}
     params_path = work / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from data_path import prepare_archive
 from measure import REPO, machine, machine_line, save_results, timed, write_doc_section
+
+from ganforge.config import read_params
 
 RESULTS = REPO / "bench/evaluation_speed.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -74,7 +75,7 @@ def cifar(archive: Path, work: Path, featurizer_epochs: int, samples: int) -> di
     from ganforge.evaluation.reference import compute_reference
     from ganforge.models import GeneratorSpec, build_generator
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
 
     def load(cls, **overrides):
         return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION] | overrides)

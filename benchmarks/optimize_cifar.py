@@ -20,10 +20,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import yaml
 from data_path import prepare_archive
 from measure import REPO, machine, machine_line, run_in_work_dir, write_doc_section
 from time_to_quality import DEFAULT_ARCHIVE, _configs
+
+from ganforge.config import read_params
 
 RESULTS = REPO / "bench/optimize_cifar.json"
 VARIANTS = ("fused", "banded", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8",
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                                                           "train_img_per_s": result.train_img_per_s}))
     trained = json.loads((lite_dir / "result.json").read_text())
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     cfg = config_from_dict(OptimizeConfig, {k: params[k] for k in OptimizeConfig.TOP_LEVEL} | params["optimize"])
     cfg = dataclasses.replace(cfg, variants=tuple(args.variants), prune_ratio=args.prune_ratio,
                               int8_backend=args.int8_backend,

@@ -20,8 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
 from measure import REPO, machine, machine_line, save_results, write_doc_section
+
+from ganforge.config import read_params
 
 RESULTS = REPO / "bench/optimize_speed.json"
 EXTRA_VARIANTS = ("fused+compiled", "overlap+compiled", "pruned+bf16+compiled")
@@ -38,7 +39,7 @@ def run(work: Path) -> dict:
 
     if not (REPO / "models/train/checkpoint.pt").is_file() or not (REPO / "models/reference").is_dir():
         sys.exit("pipeline outputs missing: run `dvc repro` first")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
 
     def load(cls):
         return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION])

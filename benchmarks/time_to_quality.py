@@ -20,9 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from data_path import prepare_archive
 from measure import REPO, machine, machine_line, run_in_work_dir, write_doc_section
+
+from ganforge.config import read_params
 
 RESULTS = REPO / "bench/time_to_quality.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
@@ -32,7 +33,7 @@ ARCHS = ("seed", "lite")
 def _configs(arch: str, fid_interval_kimg: float, fid_samples: int) -> tuple:
     from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, TrainConfig, config_from_dict
 
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
 
     def load(cls, **overrides):
         return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION] | overrides)

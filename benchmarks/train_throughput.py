@@ -16,10 +16,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-import yaml
 from measure import REPO, machine, machine_line, save_results, write_doc_section
 
 from ganforge.benchmarking.sections import train_stage_img_per_s
+from ganforge.config import read_params
 
 RESULTS = REPO / "bench/train_throughput.json"
 ARCHS = ("seed", "dcgan", "lite")
@@ -57,7 +57,7 @@ def main() -> None:
                 print(f"repeat {repeat + 1}/{args.repeats}: DDP {name} ...", flush=True)
                 rates.setdefault(name, []).append(
                     run_train(work, f"ddp{name}{repeat}", {"kimg": args.kimg}, nproc=nproc, threads=threads))
-    results["batch_size"] = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["batch_size"]
+    results["batch_size"] = read_params(REPO / "params.yaml")["train"]["batch_size"]
     results["archs"] = {arch: summary(rates[arch]) for arch in ARCHS}
     results["ddp"] = {"1_process_2_threads": summary(rates["1x2"]), "2_processes_1_thread": summary(rates["2x1"])}
     results["ddp"]["ratio"] = round(results["ddp"]["2_processes_1_thread"]["img_per_s"]

@@ -1,14 +1,12 @@
 """evaluate: FID, KID, IS and precision/recall of the trained generator through torch-fidelity."""
 
-import argparse
-
 from ganforge.config import EvaluateConfig, ReferenceConfig, load_stage_config
-from ganforge.entry import run_main
+from ganforge.entry import ArgumentParser, run_main
 from ganforge.files import replaced_together
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--train-dir", required=True, help="the train stage's output directory")
     parser.add_argument("--data", required=True, help="prepared-data directory")

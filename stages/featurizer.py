@@ -1,14 +1,12 @@
 """featurizer: train the small domain CNN whose features the FID/KID/PR metrics use (works offline)."""
 
-import argparse
-
 from ganforge.config import FeaturizerConfig, load_stage_config
-from ganforge.entry import run_main
+from ganforge.entry import ArgumentParser, run_main
 from ganforge.files import replaced_together
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", required=True, help="prepared-data directory")
     parser.add_argument("--out", required=True, help="featurizer weights (.safetensors)")

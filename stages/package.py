@@ -1,15 +1,13 @@
 """package: write dist/generator (safetensors, config, ONNX, model card, samples, hash manifest), gated on
 ONNX parity with PyTorch and on the ONNX model's FID under the evaluate protocol."""
 
-import argparse
-
 from ganforge.config import EvaluateConfig, PackageConfig, ReferenceConfig, load_stage_config
-from ganforge.entry import run_main
+from ganforge.entry import ArgumentParser, run_main
 from ganforge.files import replaced_together
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--optimized", required=True, help="optimize stage output directory")
     parser.add_argument("--data", required=True, help="prepared data directory (its manifest feeds the model card)")

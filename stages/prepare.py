@@ -1,14 +1,12 @@
 """prepare: ingest the source images into uint8 arrays, a manifest and a sample grid."""
 
-import argparse
-
 from ganforge.config import PrepareConfig, load_stage_config
-from ganforge.entry import run_main
+from ganforge.entry import ArgumentParser, run_main
 from ganforge.files import replaced_together
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", required=True, help="prepared-data directory")
     parser.add_argument("--grid", required=True, help="PNG grid of prepared images")

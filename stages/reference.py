@@ -1,14 +1,12 @@
 """reference: extract the real images' features once and cache their statistics for every later scoring."""
 
-import argparse
-
 from ganforge.config import ReferenceConfig, load_stage_config
-from ganforge.entry import run_main
+from ganforge.entry import ArgumentParser, run_main
 from ganforge.files import replaced_together
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", required=True, help="prepared-data directory")
     parser.add_argument("--featurizer", required=True, help="featurizer weights (domain extractor)")

@@ -1,14 +1,12 @@
 """train: train the GAN on the prepared training split (under torchrun, on 1..N processes)."""
 
-import argparse
-
 from ganforge.config import TrainConfig, load_stage_config
-from ganforge.entry import run_main
+from ganforge.entry import ArgumentParser, run_main
 from ganforge.files import check_outputs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", required=True, help="prepared-data directory")
     parser.add_argument("--out", required=True, help="directory for weights and the checkpoint")

@@ -17,6 +17,7 @@ from ganforge.config import (
     PrepareConfig,
     ReferenceConfig,
     TrainConfig,
+    read_params,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ TINY = {
 
 def tiny_params() -> dict:
     """The repo's params.yaml with :data:`TINY` applied."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = read_params(REPO / "params.yaml")
     for section, overrides in TINY.items():
         params[section].update(overrides)
     return params

@@ -46,6 +46,7 @@ def _param(default: Any, *, ge: float | None = None, gt: float | None = None, le
 
 
 AUGMENT_POLICIES = ("color", "translation", "cutout")
+DOWNLOADABLE_SOURCES = ("cifar10", "mnist", "fashion-mnist")
 
 
 def parse_augment_policy(policy: str) -> tuple[str, ...]:
@@ -105,6 +106,11 @@ class PrepareConfig(StageConfig):
     max_bad_fraction: float = _param(0.1, ge=0.0, le=1.0)
     hflip: bool = False
 
+    def __post_init__(self) -> None:
+        if self.download and self.source not in DOWNLOADABLE_SOURCES:
+            raise UserError(f"prepare.download: only {', '.join(DOWNLOADABLE_SOURCES)} can be downloaded; "
+                            f"prepare.source is {self.source!r} (set download: false)")
+
 
 @dataclass(frozen=True)
 class TrainConfig(StageConfig):
@@ -138,7 +144,8 @@ class TrainConfig(StageConfig):
         ema_kimg: half-life of the generator's exponential moving average, in kimg; 0 turns it off.
             The saved generators (and so every later stage) are the EMA.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        nproc: processes per node; the stage runs ``torchrun --nproc_per_node=${train.nproc}``.
+        nproc: processes per node; the stage runs ``python -m ganforge.launch --nproc_per_node=${train.nproc}``
+            (torchrun, see :mod:`ganforge.launch`).
         collective_timeout_s: a collective that waits longer than this (a stalled or dead rank) fails
             with an error naming the rank instead of blocking forever.
         log_interval_kimg: how often losses, learning rates, D outputs, gradient norms and speed are logged.
@@ -191,6 +198,9 @@ class TrainConfig(StageConfig):
             raise UserError(f"train.width: the seed architecture keeps the article's widths; use 1.0, got {self.width}")
         if self.batch_size % self.nproc:
             raise UserError(f"train.batch_size: {self.batch_size} does not split evenly over train.nproc={self.nproc}")
+        if self.ada_target > 0 and not self.augment:
+            raise UserError(f"train.ada_target: {self.ada_target} adapts the augmentation probability, but "
+                            "train.augment is empty (name the augmentations, or set ada_target: 0)")
 
     @property
     def augment_policy(self) -> tuple[str, ...]:
@@ -245,6 +255,11 @@ class ReferenceConfig(StageConfig):
     split: Literal["train", "test"] = "train"
     max_samples: int | None = _param(None, ge=2, le=_MAX_SAMPLES)
     batch_size: int = _param(250, ge=1, le=65536)
+
+    def __post_init__(self) -> None:
+        if self.inception_weights is not None and self.feature_extractor != "inception-v3-compat":
+            raise UserError(f"reference.inception_weights: only read by feature_extractor inception-v3-compat; "
+                            f"it is {self.feature_extractor!r} (set inception_weights: null)")
 
 
 @dataclass(frozen=True)

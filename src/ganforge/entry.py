@@ -3,6 +3,7 @@ code, never a traceback."""
 
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from collections.abc import Callable
@@ -16,6 +17,14 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 # The machine, not ganforge, is at fault: say so in one line instead of a traceback.
 _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes (a missing flag, a bad value) are one :class:`UserError` line, like every other user
+    mistake; plain argparse prints its usage block too. ``--help`` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_main(main: Callable[[], None], prog: str) -> None:
