@@ -56,6 +56,7 @@ def test_top_level_keys_reach_the_stages_that_read_them(tmp_path):
         ("train", "collective_timeout_s", 1e300, "train.collective_timeout_s: expected a value <= 604800.0"),
         ("prepare", "channels", 1.0, "prepare.channels: expected one of 'auto', 1, 3, got 1.0"),
         ("prepare", "path", "data/\0raw", "prepare.path: a NUL character is not allowed"),
+        ("train", "nproc", 64, "train.batch_size: 64 over train.nproc=64 leaves 1 image per process"),
         # settings that would silently do nothing
         ("prepare", "download", True, "prepare.download: only cifar10, mnist, fashion-mnist can be downloaded"),
         ("train", "ada_target", 0.6, "train.ada_target: 0.6 adapts the augmentation probability, but train.augment"),

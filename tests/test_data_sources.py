@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -10,15 +11,19 @@ import pickle
 import struct
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from ganforge.config import PrepareConfig
 from ganforge.data import decode
-from ganforge.data.decode import BadImage, DecodeOptions, decode_image
+from ganforge.data.decode import BACKGROUNDS, BadImage, DecodeOptions, decode_image
+from ganforge.data.files import infer_layout
 from ganforge.data.prepare import prepare
 from ganforge.data.prepared import load_split, read_manifest
 from ganforge.errors import UserError
@@ -124,6 +129,123 @@ def test_decompression_bomb_is_refused(monkeypatch, reliability):
         decode_image(_png(Image.new("L", (20, 20))), OPTIONS)
 
 
+# --- memory is bounded by the output, not by what the file claims --------------------------------------------
+
+
+class _Allocations:
+    """Spies on PIL: inside ``within(limit)``, refuses any image (or either pass of a resize) over ``limit``
+    pixels before it is allocated, and keeps the largest seen."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.limit: int | None = None
+        self.largest = 0
+        new, resize, made = Image.new, Image.Image.resize, Image.Image._new
+
+        def spy_new(mode, size, *args, **kwargs):
+            self.check(size[0] * size[1])
+            return new(mode, size, *args, **kwargs)
+
+        def spy_resize(image, size, *args, **kwargs):  # PIL resizes in two passes, one axis at a time
+            self.check(size[0] * image.height, image.width * size[1], size[0] * size[1])
+            return resize(image, size, *args, **kwargs)
+
+        def spy_made(image, core_image):  # every crop, convert, transpose and composite ends here
+            self.check(core_image.size[0] * core_image.size[1])
+            return made(image, core_image)
+
+        monkeypatch.setattr(Image, "new", spy_new)
+        monkeypatch.setattr(Image.Image, "resize", spy_resize)
+        monkeypatch.setattr(Image.Image, "_new", spy_made)
+
+    @contextlib.contextmanager
+    def within(self, limit: int) -> Iterator[None]:
+        self.limit, self.largest = limit, 0
+        try:
+            yield
+        finally:
+            self.limit = None
+
+    def check(self, *pixels: int) -> None:
+        if self.limit is not None:
+            self.largest = max(self.largest, *pixels)
+            assert max(pixels) <= self.limit, f"allocating {max(pixels)} pixels > {self.limit}"
+
+
+@pytest.fixture
+def allocations(monkeypatch):
+    return _Allocations(monkeypatch)
+
+
+@pytest.mark.parametrize("size", [(1, 30_000), (30_000, 1)])
+def test_a_long_thin_png_is_padded_at_the_output_size_and_centred(size, allocations, reliability):
+    reliability.bad_input()
+    data = _png(Image.new("RGB", size, (255, 255, 255)))
+    assert len(data) < 300  # a tiny file whose claim (a 30000x30000 pad canvas) used to cost 3.5 GB
+    with allocations.within(30_000):  # the source's pixels: no intermediate may be larger
+        out, _ = decode_image(data, DecodeOptions(8, resize="pad"))
+    assert out.shape == (8, 8, 3)
+    line = out[:, 3] if size[0] == 1 else out[3]  # centred: (8 - 1) // 2, as the pad always rounded
+    assert line.min() == 255 and np.delete(out, 3, axis=1 if size[0] == 1 else 0).max() == 0
+    assert allocations.largest <= 30_000
+
+
+def test_sixteen_bit_scaling_keeps_numpy_memory_near_the_source():
+    import tracemalloc
+
+    side = 2048  # 8 MiB of 16-bit pixels; scaling them as one float64 array took 9x that
+    array = (np.arange(side * side, dtype=np.uint32) % 65536).astype(np.uint16).reshape(side, side)
+    data = _png(Image.fromarray(array))
+    tracemalloc.start()
+    try:
+        out, grey = decode_image(data, OPTIONS)
+        peak_bytes = tracemalloc.get_traced_memory()[1]  # numpy buffers and bytes; PIL pixels are not traced
+    finally:
+        tracemalloc.stop()
+    assert grey and out.shape == (8, 8, 3)
+    assert peak_bytes < 3 * array.nbytes
+
+
+@st.composite
+def _odd_images(draw) -> tuple[bytes, int, int]:
+    """A small PNG of any aspect ratio up to 30000:1, in an odd mode, maybe EXIF-rotated: (bytes, w, h)."""
+    long = draw(st.integers(1, 30_000))
+    short = draw(st.integers(1, max(1, 60_000 // long)))  # at most 60k pixels: each example takes milliseconds
+    width, height = (long, short) if draw(st.booleans()) else (short, long)
+    mode = draw(st.sampled_from(["RGB", "RGBA", "L", "LA", "I;16", "P"]))
+    image = Image.new("RGB", (width, height), (128, 128, 128))  # mid grey: far from both backgrounds
+    image = Image.fromarray(np.full((height, width), 32896, np.uint16)) if mode == "I;16" else image.convert(mode)
+    exif = Image.Exif()
+    if (orientation := draw(st.sampled_from([1, 3, 6, 8]))) != 1:
+        exif[0x0112] = orientation
+        width, height = (height, width) if orientation in (6, 8) else (width, height)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", exif=exif.tobytes())
+    return buffer.getvalue(), width, height
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(image=_odd_images(), resolution=st.sampled_from([8, 16, 32, 64, 128, 256]),
+       resize=st.sampled_from(["center-crop", "pad"]), background=st.sampled_from(["black", "white"]))
+def test_fuzzed_shapes_decode_to_the_output_within_bounded_memory(image, resolution, resize, background,
+                                                                  allocations, reliability):
+    data, width, height = image
+    reliability.bad_input(int(max(width, height) >= 100 * min(width, height)))  # an extreme claim
+    with allocations.within(max(resolution ** 2, width * height)):
+        out, _ = decode_image(data, DecodeOptions(resolution, resize, background))
+    assert out.shape == (resolution, resolution, 3) and out.dtype == np.uint8
+    painted = np.abs(out[:, :, 0].astype(int) - BACKGROUNDS[background][0]) > 40  # the image, not the padding
+    rows, cols = np.flatnonzero(painted.any(axis=1)), np.flatnonzero(painted.any(axis=0))
+    if resize == "center-crop" or width == height:
+        assert painted.all()
+        return
+    margins = [rows[0], resolution - 1 - rows[-1], cols[0], resolution - 1 - cols[-1]]
+    assert abs(margins[0] - margins[1]) <= 1 and abs(margins[2] - margins[3]) <= 1  # centred
+    short = min(width, height) * resolution / max(width, height)  # the short side, kept to scale
+    painted_short = len(rows) if width > height else len(cols)
+    assert min(len(rows), len(cols)) == painted_short and abs(painted_short - max(short, 1)) <= 0.5
+    assert max(len(rows), len(cols)) == resolution
+
+
 # --- the folder source -------------------------------------------------------------------------------------
 
 
@@ -201,6 +323,143 @@ def test_missing_or_empty_source_names_the_path(tmp_path, kind, reliability):
         path.mkdir()
     with pytest.raises(UserError, match=str(path)):
         _run(tmp_path, _cfg(path))
+
+
+# --- the layout: understood by the rules in ganforge.data.files, or refused in one line ---------------------
+
+OK_LAYOUTS = {  # paths -> (split per path or None, class per path)
+    "flat": (["1.png", "2.png"], None, ["all", "all"]),
+    "classes": (["cat/1.png", "dog/2.png"], None, ["cat", "dog"]),
+    "one folder is a wrapper, not a class": (["cat/1.png", "cat/2.png"], None, ["all", "all"]),
+    "wrappers are dropped": (["a/b/cat/1.png", "a/b/dog/2.png"], None, ["cat", "dog"]),
+    "images at any depth below their class": (["cat/in/1.png", "cat/2.png", "dog/3.png"], None,
+                                              ["cat", "cat", "dog"]),
+    "train and test": (["train/cat/1.png", "train/dog/2.png", "test/cat/3.png", "test/dog/4.png"], [0, 0, 1, 1],
+                       ["cat", "dog", "cat", "dog"]),
+    "train alone: the stage splits": (["train/cat/1.png", "train/dog/2.png"], None, ["cat", "dog"]),
+    "train alone, unlabeled": (["train/1.png", "train/2.png"], None, ["all", "all"]),
+    "train and val": (["train/cat/1.png", "val/cat/2.png"], [0, 1], ["cat", "cat"]),
+    "Training and Testing, any case": (["Testing/a/1.png", "Training/a/2.png"], [1, 0], ["a", "a"]),
+    "wrapped train and valid": (["afhq/train/cat/1.png", "afhq/valid/cat/2.png"], [0, 1], ["cat", "cat"]),
+    "train and test, unlabeled": (["train/1.png", "test/2.png"], [0, 1], ["all", "all"]),
+    "a train class without test images": (["train/a/1.png", "train/b/2.png", "test/a/3.png"], [0, 0, 1],
+                                          ["a", "b", "a"]),
+}
+
+BAD_LAYOUTS = {  # paths -> what the one line says
+    "test alone": (["test/cat/1.png", "test/dog/2.png"], "test/ but no train/ folder beside it"),
+    "val alone": (["w/val/1.png"], r"w/val/ but no train/ folder"),
+    "train, val and test": (["train/a/1.png", "val/a/2.png", "test/a/3.png"], "merge or remove val/"),
+    "two folders for one split": (["train/a/1.png", "training/a/2.png"], "two folders for one split"),
+    "a test class the train split lacks": (["train/a/1.png", "test/b/2.png"], "class folder test/b/ has no train/b/"),
+    "labeled train, flat test": (["train/a/1.png", "test/2.png"],
+                                 "train/ holds class folders but test/ holds images directly"),
+    "images beside class folders": (["1.png", "cat/2.png"],
+                                    r"images both directly in the top folder \(1.png\) and in subfolders "
+                                    r"\(cat/2.png\)"),
+    "images beside class folders, wrapped": (["w/1.png", "w/cat/2.png"], r"images both directly in w/ \(w/1.png\)"),
+    "images beside class folders in a split": (["train/1.png", "train/cat/2.png", "test/cat/3.png"],
+                                               r"images both directly in train/ \(train/1.png\)"),
+    "a split beside a class folder": (["train/a/1.png", "extra/2.png"], "split folder train/ next to extra/"),
+    "a split beside an image": (["train/a/1.png", "2.png"], "split folder train/ next to 2.png"),
+    "splits below the classes": (["cat/train/1.png", "dog/test/2.png"], "split folder train/ below the top"),
+    "a class named test": (["train/test/1.png", "train/cat/2.png"], "split folder test/ below the top"),
+}
+
+
+@pytest.mark.parametrize("name", OK_LAYOUTS)
+def test_recognised_layouts_give_their_splits_and_classes(name):
+    paths, split, classes = OK_LAYOUTS[name]
+    layout = infer_layout(paths, "/data/raw")
+    assert (None if layout.split is None else layout.split.tolist()) == split
+    assert [layout.class_names[i] for i in layout.labels] == classes
+    assert list(layout.class_names) == sorted(set(classes))
+
+
+@pytest.mark.parametrize("name", BAD_LAYOUTS)
+def test_unrecognised_layouts_are_one_line_naming_the_folder(name, reliability):
+    reliability.bad_input()
+    paths, reason = BAD_LAYOUTS[name]
+    with pytest.raises(UserError, match=reason) as err:
+        infer_layout(paths, "/data/raw")
+    message = str(err.value)
+    assert message.startswith("/data/raw: ") and message.endswith("(prepare.path)") and "\n" not in message
+    assert "expected <class>/<image> or <image>, optionally under train/ and test/ (or val/)" in message
+
+
+def test_a_train_folder_alone_is_its_classes_and_the_stage_splits(tmp_path):
+    root = _class_folder(tmp_path / "src" / "train", per_class=5).parent  # the layout that became class 'train'
+    manifest = _run(tmp_path, _cfg(root, test_fraction=0.2))
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["labeled"]
+    assert manifest["split_from"] == "stratified, test_fraction=0.2"
+    assert manifest["counts_per_class"]["test"] == {"cat": 1, "dog": 1}
+
+
+def test_a_mixed_folder_or_archive_is_refused_and_nothing_is_written(tmp_path, reliability):
+    reliability.bad_input(2)
+    root = _class_folder(tmp_path / "src")
+    (root / "stray.png").write_bytes(_png(_digit_like(500)))
+    (root / "notes.txt").write_text("not an image: skipped, and no part of the layout")
+    with pytest.raises(UserError, match=r"images both directly in the top folder \(stray.png\)"):
+        _run(tmp_path, _cfg(root, max_bad_fraction=0.5))
+    path = tmp_path / "three-splits.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i, split in enumerate(["train", "train", "val", "test"]):
+            zf.writestr(f"data/{split}/cat/{i}.png", _png(_digit_like(i)))
+    with pytest.raises(UserError, match=f"{path}: data/train/, val/ and test/, but ganforge keeps a train"):
+        _run(tmp_path, _cfg(path, source="archive"))
+    assert not (tmp_path / "prepared").exists()
+
+
+_FOLDERS = ["train", "Training", "test", "val", "validation", "cat", "dog", "wrap"]
+_SPLITS = {"train": 0, "training": 0, "test": 1, "testing": 1, "val": 1, "valid": 1, "validation": 1}
+
+
+@st.composite
+def _layouts(draw) -> list[str]:
+    """Image paths of a layout: some wrappers, split and class folders and extra depth, plus stray images."""
+    wrappers = draw(st.lists(st.sampled_from(["wrap", "data", "cat"]), max_size=2))
+    splits = draw(st.lists(st.sampled_from(["train", "Training", "test", "val", "valid"]), max_size=3,
+                           unique=True)) or [None]
+    classes = draw(st.lists(st.sampled_from(["cat", "dog", "bird"]), max_size=3, unique=True)) or [None]
+    paths = []
+    for i in range(draw(st.integers(1, 8))):
+        folders = [*wrappers, draw(st.sampled_from(splits)), draw(st.sampled_from(classes)),
+                   *draw(st.lists(st.sampled_from(["a", "b", "test"]), max_size=1))]
+        paths.append("/".join([f for f in folders if f is not None] + [f"{i}.png"]))
+    strays = draw(st.lists(st.lists(st.sampled_from(_FOLDERS), max_size=3), max_size=2))
+    return paths + ["/".join([*folders, f"stray{i}.png"]) for i, folders in enumerate(strays)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(paths=_layouts())
+def test_fuzzed_layouts_are_read_as_laid_out_or_refused(paths, reliability):
+    try:
+        layout = infer_layout(paths, "/data/raw")
+    except UserError as e:
+        reliability.bad_input()
+        assert str(e).startswith("/data/raw: ") and str(e).endswith("(prepare.path)") and "\n" not in str(e)
+        return
+    # The rules restated: drop the folders every path shares up to a split folder, then the split folder.
+    folders = [p.split("/")[:-1] for p in paths]
+    shared = 0
+    while all(len(f) > shared for f in folders) and len({f[shared] for f in folders}) == 1 \
+            and folders[0][shared].lower() not in _SPLITS:
+        shared += 1
+    rest = [f[shared:] for f in folders]
+    split_of = [_SPLITS.get(r[0].lower()) if r else None for r in rest]
+    if any(s is not None for s in split_of):
+        assert all(s is not None for s in split_of)  # split folders, and nothing beside them
+        rest = [r[1:] for r in rest]
+    expected_split = None if set(split_of) <= {0, None} else split_of  # train/ alone: the stage splits
+    assert (None if layout.split is None else layout.split.tolist()) == expected_split
+    assert not any(f.lower() in _SPLITS for r in rest for f in r)  # never a class (or subfolder) named train
+    if layout.class_names == ("all",):
+        assert all(not r for r in rest)  # unlabeled only when no image sits in a class folder
+    else:
+        assert [layout.class_names[i] for i in layout.labels] == [r[0] if r else None for r in rest]
+        if layout.split is not None:
+            assert set(layout.labels[layout.split == 1]) <= set(layout.labels[layout.split == 0])
 
 
 # --- the archive source ------------------------------------------------------------------------------------

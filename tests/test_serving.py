@@ -1,17 +1,20 @@
-"""ganforge serve: a real server on a free loopback port, real HTTP requests, and the page in a real browser."""
+"""ganforge serve: a real server on a free loopback port, real HTTP requests, the page in a real browser, and
+one-line refusals of ports and hosts it cannot listen on."""
 
 from __future__ import annotations
 
+import errno
 import http.client
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.error
 import urllib.request
 import zipfile
@@ -27,6 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from ganforge import cli
+from ganforge.serving import server as server_module
 from ganforge.serving.generate import generate
 
 MAX_N = 32
@@ -46,28 +51,35 @@ class Server:
             return e.code, e.headers["Content-Type"], e.read()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(package: Path, *extra: str) -> Server:
-    port = free_port()
-    cmd = [sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package), "--port", str(port), *extra]
+def start_server(package: Path, *extra: str, host: str = "127.0.0.1") -> Server:
+    """``ganforge serve`` on a port the server picks itself (``--port 0``), at the URL its start-up line gives."""
+    cmd = [sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package), "--host", host, "--port", "0",
+           *extra]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    server = Server(f"http://127.0.0.1:{port}", process)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: {process.stdout.read()}")
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def drain() -> None:  # read all output, so a chatty server never blocks on a full pipe
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=drain, daemon=True).start()
+    seen = []
+    while True:
         try:
-            if server.get("/healthz")[0] == 200:
-                return server
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise AssertionError("server did not come up within 90 s")
+            line = lines.get(timeout=120)  # a safety net only: the server's own line ends the wait
+        except queue.Empty:
+            process.kill()
+            raise AssertionError(f"server printed no start-up line within 120 s: {''.join(seen)}") from None
+        if line is None:
+            raise AssertionError(f"server exited with {process.wait()}: {''.join(seen)}")
+        seen.append(line)
+        if match := re.fullmatch(r"serving .* on (http://\S+)/", line.strip()):
+            break
+    server = Server(match.group(1), process)
+    # The socket listened before that line was printed, so this waits for uvicorn rather than racing it.
+    assert server.get("/healthz")[0] == 200
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +184,8 @@ def test_a_hundred_concurrent_requests_get_no_5xx_and_memory_stays_bounded(serve
 
 def raw_get(server: Server, target: str) -> tuple[int, str, bytes]:
     """GET a request target exactly as given (urllib would refuse or re-quote odd ones)."""
-    host, port = server.url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=60)
     try:
         connection.request("GET", target)
         response = connection.getresponse()
@@ -211,7 +223,7 @@ def test_refuses_a_tampered_package_before_serving(package_copy, reliability):
     reliability.bad_input()
     (package_copy / "config.json").write_text("{}")
     result = subprocess.run([sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package_copy),
-                             "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+                             "--port", "0"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("config.json: sha256 does not match the manifest (modified or corrupt)")
 
@@ -233,3 +245,75 @@ def test_the_page_shows_a_grid_in_headless_chromium(server, tmp_path):
     loaded = re.search(r'data-loaded="(\d+)x(\d+)"', dom)
     assert loaded, dom[-2000:]
     assert int(loaded.group(1)) >= 512 and int(loaded.group(2)) >= 512  # the image decoded at its real size
+
+
+def _serve_refused(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                   *args: str) -> tuple[int, list[str]]:
+    """``ganforge serve ARGS`` in this process, where loading the package or starting uvicorn fails the test (the
+    refusal must come first): the exit code and the stderr lines."""
+    def started(*args, **kwargs):
+        raise AssertionError("serve got past binding its socket")
+
+    monkeypatch.setattr(server_module, "load_package", started)
+    monkeypatch.setattr(server_module.uvicorn.Server, "run", started)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--package", str(tmp_path), *args])
+    return exited.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_serve_refuses_a_port_in_use_in_one_line(tmp_path, capsys, monkeypatch, reliability):
+    reliability.bad_input()
+    with socket.socket() as occupant:
+        occupant.bind(("127.0.0.1", 0))
+        occupant.listen()
+        port = occupant.getsockname()[1]
+        code, lines = _serve_refused(tmp_path, capsys, monkeypatch, "--port", str(port))
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"ganforge: error: --port {port}: already in use on 127.0.0.1"), lines
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--host", "no-such-host.invalid"], "--host no-such-host.invalid: does not resolve to an address"),  # RFC 2606
+    (["--host", "192.0.2.1"], "--host 192.0.2.1: 192.0.2.1 is not an address of this machine"),  # RFC 5737
+    (["--host", "a..b"], "--host a..b: not a valid host name"),
+    (["--host", ""], "--host '': does not resolve to an address"),
+    (["--port", "80"], "--port 80: not allowed to listen on 127.0.0.1 (Permission denied; ports below 1024 need"),
+])
+def test_serve_refuses_hosts_and_ports_it_cannot_listen_on(tmp_path, capsys, monkeypatch, reliability, args, message):
+    if args == ["--port", "80"]:
+        # Root may listen on port 80, so the kernel's refusal of an unprivileged user is injected.
+        reliability.fault()
+
+        def refuse(sock, address):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(socket.socket, "bind", refuse)
+    else:
+        reliability.bad_input()
+    code, lines = _serve_refused(tmp_path, capsys, monkeypatch, *args)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"ganforge: error: {message}"), lines
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback")
+def test_serves_on_ipv6_loopback(tiny_run):
+    server = start_server(tiny_run.package, host="::1")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        status, _, body = server.get("/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        listening = [c.laddr for c in psutil.Process(server.process.pid).net_connections(kind="inet6")
+                     if c.status == psutil.CONN_LISTEN]
+        assert [addr.ip for addr in listening] == ["::1"]
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)

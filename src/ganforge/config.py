@@ -198,6 +198,9 @@ class TrainConfig(StageConfig):
             raise UserError(f"train.width: the seed architecture keeps the article's widths; use 1.0, got {self.width}")
         if self.batch_size % self.nproc:
             raise UserError(f"train.batch_size: {self.batch_size} does not split evenly over train.nproc={self.nproc}")
+        if self.batch_size // self.nproc < 2:  # each rank's BatchNorm needs two samples
+            raise UserError(f"train.batch_size: {self.batch_size} over train.nproc={self.nproc} leaves "
+                            f"{self.batch_size // self.nproc} image per process; each needs at least 2")
         if self.ada_target > 0 and not self.augment:
             raise UserError(f"train.ada_target: {self.ada_target} adapts the augmentation probability, but "
                             "train.augment is empty (name the augmentations, or set ada_target: 0)")

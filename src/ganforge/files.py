@@ -55,6 +55,18 @@ def check_output(path: str | Path, kind: OutputKind, label: str = "") -> Path:
     return path
 
 
+def check_input(path: str | Path, kind: OutputKind, label: str, what: str | None = None) -> Path:
+    """Refuse an input path that is missing or not a ``kind`` (``dir`` or ``file``); ``label`` names the flag and
+    ``what`` the thing expected there (default: a directory or a file)."""
+    path = Path(path)
+    what = what or _KINDS[kind].removeprefix("a ")
+    if not path.exists():
+        raise UserError(f"{label} {path}: {what} not found")
+    if path.is_dir() != (kind == "dir"):
+        raise UserError(f"{label} {path}: is {_KINDS['dir' if path.is_dir() else 'file']}, expected a {what}")
+    return path
+
+
 class _Outputs:
     """The outputs declared by :func:`replaced_together`, and the finished ones waiting to be swapped in."""
 

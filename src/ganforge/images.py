@@ -13,6 +13,8 @@ from torchvision.utils import make_grid
 
 from ganforge.files import atomic_path
 
+_GRID_PADDING = 1  # pixels between grid cells
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Map generator outputs in [-1, 1] to uint8 pixels. (B, C, H, W) float -> (B, C, H, W) uint8."""
@@ -36,12 +38,36 @@ def grid_image(images: torch.Tensor, min_width_px: int = 512, nrow: int | None =
     """uint8 images (N, C, H, W) as one grid of ``nrow`` per row (default square-ish), upscaled (nearest) to
     at least ``min_width_px``."""
     assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
-    nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    image = pil_image(make_grid(images, nrow=nrow, padding=1, pad_value=255))  # grid (C, H', W')
+    nrow = nrow or _square_nrow(images.shape[0])
+    image = pil_image(make_grid(images, nrow=nrow, padding=_GRID_PADDING, pad_value=255))  # grid (C, H', W')
     scale = max(1, math.ceil(min_width_px / image.width))
     if scale > 1:
         image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     return image
+
+
+def grid_size_px(count: int, resolution: int, min_width_px: int = 512, nrow: int | None = None) -> tuple[int, int]:
+    """(width, height) in pixels of :func:`grid_image` for ``count`` images of ``resolution``², without drawing
+    it: make_grid's layout (one padding pixel around every cell; a single image unpadded), then the upscale."""
+    assert count >= 1 and resolution >= 1, (count, resolution)
+    if count == 1:
+        width = height = resolution
+    else:
+        columns = min(nrow or _square_nrow(count), count)
+        rows = math.ceil(count / columns)
+        cell = resolution + _GRID_PADDING
+        width, height = columns * cell + _GRID_PADDING, rows * cell + _GRID_PADDING
+    scale = max(1, math.ceil(min_width_px / width))
+    return width * scale, height * scale
+
+
+def png_size_bound(width: int, height: int, channels: int) -> int:
+    """Bytes that a ``width`` × ``height`` PNG of ``channels`` 8-bit channels can take at most, as PIL writes it:
+    the filtered rows (one filter byte each), zlib's worst case for incompressible data (``deflateBound``), one
+    IDAT chunk per 64 KiB PIL hands the encoder, and the signature, IHDR, IEND and room for ancillary chunks."""
+    raw = height * (1 + width * channels)
+    deflated = raw + (raw >> 12) + (raw >> 14) + (raw >> 25) + 13 + 6  # deflateBound + zlib header and adler32
+    return deflated + 12 * (deflated // 65536 + 1) + 8 + 25 + 12 + 256
 
 
 def pil_image(image: torch.Tensor) -> Image.Image:
@@ -56,6 +82,10 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _square_nrow(count: int) -> int:
+    return math.isqrt(max(count, 1) - 1) + 1  # ceil(sqrt(count)), exact for any count
 
 
 def save_pngs(images: torch.Tensor, out_dir: str | Path, start_index: int = 0) -> list[Path]:

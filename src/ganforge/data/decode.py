@@ -2,6 +2,9 @@
 
 Odd but valid images are converted: EXIF orientation is applied; palette, RGBA/LA (composited on a stated
 background), 16-bit and CMYK images become 8-bit RGB or grey. Decompression bombs are refused.
+
+Memory is bounded by the source pixels that :data:`MAX_PIXELS` admits and by the output: no intermediate image
+is larger than ``max(width * height, resolution ** 2)`` pixels, whatever the file's aspect ratio.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_PIXELS = 64 * 1024 * 1024
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255)}
+_BLOCK_PIXELS = 1 << 18  # a 16-bit image is scaled this many pixels at a time
 
 
 class BadImage(Exception):
@@ -30,7 +34,8 @@ class DecodeOptions:
 
     Args:
         resolution: output side in pixels.
-        resize: ``center-crop`` keeps the central square; ``pad`` letterboxes onto ``background``.
+        resize: ``center-crop`` keeps the central square; ``pad`` resizes the whole image so its long side is
+            ``resolution`` and letterboxes it, centred, onto ``background``.
         background: colour under transparent pixels and around padded images.
     """
 
@@ -47,7 +52,13 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
     if image.mode == "F":
         top = max(float(array.max(initial=0)), 1.0)
-    return Image.fromarray(np.clip(np.rint(array.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8))
+    out = np.empty(array.shape, dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(1, array.shape[1]))
+    for start in range(0, array.shape[0], rows):  # float64 of a whole image would be 8 bytes a source pixel
+        block = array[start:start + rows].astype(np.float64)
+        block *= 255.0 / top
+        out[start:start + rows] = np.clip(np.rint(block, out=block), 0, 255, out=block)
+    return Image.fromarray(out)
 
 
 def _flatten(image: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, bool]:
@@ -65,16 +76,26 @@ def _flatten(image: Image.Image, background: tuple[int, int, int]) -> tuple[Imag
     return image.convert("RGB"), False  # RGB, CMYK, YCbCr, LAB, HSV
 
 
-def _square(image: Image.Image, options: DecodeOptions) -> Image.Image:
-    width, height = image.size
-    if width == height:
+def _fit(image: Image.Image, options: DecodeOptions) -> Image.Image:
+    """RGB image -> RGB (R, R): the central square resized, or the whole image resized to fit and padded."""
+    side, (width, height) = options.resolution, image.size
+    if options.resize == "center-crop" or width == height:
+        short = min(width, height)
+        left, top = (width - short) // 2, (height - short) // 2
+        if width != height:
+            image = image.crop((left, top, left + short, top + short))
+        if image.size != (side, side):
+            image = image.resize((side, side), Image.Resampling.LANCZOS)  # antialiased
         return image
-    side = min(width, height) if options.resize == "center-crop" else max(width, height)
-    if options.resize == "center-crop":
-        left, top = (width - side) // 2, (height - side) // 2
-        return image.crop((left, top, left + side, top + side))
+    # Resize first, then pad: a canvas at the source's long side is sized by the file's claim (a 1x30000 PNG of
+    # 167 bytes asked for 30000x30000). The long side becomes R; the short side keeps the aspect, rounded to
+    # the nearest pixel and at least one.
+    long = max(width, height)
+    fitted = tuple(max(1, (2 * n * side + long) // (2 * long)) for n in (width, height))
+    if image.size != fitted:
+        image = image.resize(fitted, Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (side, side), BACKGROUNDS[options.background])
-    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    canvas.paste(image, ((side - fitted[0]) // 2, (side - fitted[1]) // 2))
     return canvas
 
 
@@ -100,9 +121,6 @@ def decode_image(data: bytes, options: DecodeOptions) -> tuple[np.ndarray, bool]
     try:
         image = ImageOps.exif_transpose(image)
         rgb, was_grey = _flatten(image, BACKGROUNDS[options.background])
-        rgb = _square(rgb, options)
-        if rgb.size != (options.resolution, options.resolution):
-            rgb = rgb.resize((options.resolution, options.resolution), Image.Resampling.LANCZOS)  # antialiased
-        return np.asarray(rgb, dtype=np.uint8), was_grey
+        return np.asarray(_fit(rgb, options), dtype=np.uint8), was_grey
     except Exception as e:  # malformed EXIF, exotic modes: a bad file, not a crash of the stage
         raise BadImage(f"corrupt or unsupported image ({type(e).__name__}: {e})") from None

@@ -14,7 +14,7 @@ from torch import nn
 
 # Generator channels at each side for width 1.0, halving per doubling so every block costs about the same;
 # a width multiplier scales them (never below _MIN_CHANNELS). D mirrors them at twice the width.
-_CHANNELS = {4: 64, 8: 32, 16: 16, 32: 8, 64: 8, 128: 8}
+_CHANNELS = {4: 64, 8: 32, 16: 16, 32: 8, 64: 8, 128: 8, 256: 8}
 _MIN_CHANNELS = 8
 
 

@@ -8,11 +8,16 @@
 Bad input (n outside 1..max_n, a seed that is not a non-negative integer, an unknown format) gets a 4xx
 with a JSON error, never a 500. Requests are served concurrently; generation itself is serialised by a
 lock, since every forward pass already uses all the cores. The server binds to loopback unless told otherwise.
+It binds its socket before loading the package and hands that socket to uvicorn: a port in use, a host that
+does not resolve or an address that is not this machine's is one line naming ``--port`` or ``--host``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
+import socket
 import threading
 import time
 import zipfile
@@ -26,11 +31,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info, generate_latest
 
 from ganforge import __version__
+from ganforge.entry import EXIT_ENVIRONMENT_ERROR
+from ganforge.errors import UserError
 from ganforge.images import grid_image, pil_image, png_bytes
 from ganforge.latents import latents
 from ganforge.packaging.package import GeneratorPackage, load_package
 
 MAX_SEED = 2**31 - 1
+_BACKLOG = 2048  # uvicorn's default
 _ENDPOINTS = ("/", "/generate", "/healthz", "/metrics")
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -144,10 +152,64 @@ def create_app(package: GeneratorPackage, max_n: int = 256, default_truncation: 
     return app
 
 
+def _bind_error(host: str, port: int, address: tuple, error: OSError) -> UserError:
+    shown = host if host else repr(host)
+    reason = error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        return UserError(f"--port {port}: already in use on {address[0]} (stop what listens there, or choose "
+                         "another port; --port 0 picks a free one)")
+    if error.errno == errno.EACCES:
+        hint = "; ports below 1024 need root or CAP_NET_BIND_SERVICE" if 0 < port < 1024 else ""
+        return UserError(f"--port {port}: not allowed to listen on {address[0]} ({reason}{hint})")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return UserError(f"--host {shown}: {address[0]} is not an address of this machine")
+    return UserError(f"--host {shown} --port {port}: cannot listen on {address[0]} ({reason})")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (IPv4 or IPv6; port 0 picks a free one), for :func:`serve` to
+    hand to uvicorn. A host that does not resolve, or an address or port that cannot be bound, is a
+    :class:`UserError` naming ``--host`` or ``--port``."""
+    shown = host if host else repr(host)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {shown}: does not resolve to an address ({e.strerror})") from None
+    except (UnicodeError, ValueError) as e:  # the IDNA codec refuses labels that are empty or too long
+        raise UserError(f"--host {shown}: not a valid host name ({e})") from None
+    first_failure: tuple[tuple, OSError] | None = None
+    for family, kind, proto, _, address in addresses:  # the resolver's order, as a client would try them
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart past TIME_WAIT
+            sock.bind(address)
+            sock.listen(_BACKLOG)
+            return sock
+        except OSError as e:
+            sock.close()
+            first_failure = first_failure or (address, e)
+    assert first_failure is not None, addresses  # getaddrinfo answers with an address or raises
+    raise _bind_error(host, port, *first_failure)
+
+
 def serve(package_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_n: int = 256,
           runtime: str = "torch", truncation: float | None = None, model: str = "winner") -> None:
-    """Load and verify the package, then serve it until interrupted."""
-    package = load_package(package_dir, runtime, model)
-    app = create_app(package, max_n, truncation)
-    print(f"serving {package_dir} ({package.recipe.variant}, {runtime}) on http://{host}:{port}/", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    """Bind ``host:port`` (:func:`bind`), load and verify the package, then serve it on that very socket until
+    interrupted. Binding first refuses a busy port before the package is loaded."""
+    sock = bind(host, port)
+    try:
+        package = load_package(package_dir, runtime, model)
+        app = create_app(package, max_n, truncation)
+        bound_host, bound_port = sock.getsockname()[:2]
+        url_host = f"[{bound_host}]" if sock.family == socket.AF_INET6 else bound_host
+        config = uvicorn.Config(app, host=bound_host, port=bound_port, log_level="warning", access_log=False,
+                                backlog=_BACKLOG)
+        server = uvicorn.Server(config)
+        print(f"serving {package_dir} ({package.recipe.variant}, {runtime}) on http://{url_host}:{bound_port}/",
+              flush=True)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a server stops; uvicorn has shut down by now
+            server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise SystemExit(EXIT_ENVIRONMENT_ERROR)  # uvicorn has logged why it could not start
