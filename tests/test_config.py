@@ -299,3 +299,16 @@ def test_a_duplicated_key_or_section_names_the_key_and_its_line(tmp_path, reliab
         read_params(path)
     assert str(e.value) == (f"{path}: malformed YAML at line {end + 1}: duplicate key {key!r} "
                             f"(first at line {first + 1})"), str(e.value)
+
+
+def test_a_message_holding_a_newline_is_still_printed_as_one_line(capsys, reliability):
+    from ganforge.entry import run_main
+
+    def fail() -> None:
+        raise UserError("data/raw/evil\nname.png: not an image\r\x1b[2J")
+
+    reliability.bad_input()
+    with pytest.raises(SystemExit) as exit_:
+        run_main(fail, "prepare")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "prepare: error: data/raw/evil\\nname.png: not an image\\r\\x1b[2J\n"

@@ -45,7 +45,9 @@ def run_main(main: Callable[[], None], prog: str) -> None:
 
 
 def _fail(line: str, code: int) -> NoReturn:
-    """Say ``line`` on stderr (or, in a worker of :mod:`ganforge.launch`, hand it to the launcher) and exit."""
+    """Say ``line`` on stderr (or, in a worker of :mod:`ganforge.launch`, hand it to the launcher) and exit.
+    A newline or other unprintable character from a file name or a value is shown escaped: one line, always."""
+    line = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in line)
     if not record_worker_error(line, code):
         print(line, file=sys.stderr)
     sys.exit(code)
