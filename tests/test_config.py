@@ -207,15 +207,15 @@ def _dvc_dump(value: float) -> str:
 
 
 @pytest.mark.parametrize("text", ["2e-4", "3e-05", "1e300", "5e-2", "1e3", "1_000.5", ".5", "-1.5E+3"])
-def test_numbers_in_exponent_notation_are_numbers(text):
+def test_numbers_in_exponent_notation_are_numbers(text, reliability):  # in the suite; good input, no bad one
     from ganforge.config import parse_yaml
 
     assert parse_yaml(f"value: {text}", "params.yaml")["value"] == float(text.replace("_", ""))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-10**30, 10**30))
-def test_every_number_dvc_writes_reads_back_as_dvc_reads_it(value):
+def test_every_number_dvc_writes_reads_back_as_dvc_reads_it(value, reliability):
     import ruamel.yaml
 
     from ganforge.config import parse_yaml

@@ -62,7 +62,8 @@ def test_offline_without_weights_is_a_one_line_error(tmp_path, monkeypatch, reli
     with pytest.raises(UserError, match="could not be downloaded .* set reference.inception_weights to the file"):
         inception_weights(ReferenceConfig(feature_extractor="inception-v3-compat"))
     with pytest.raises(UserError, match="reference.inception_weights: .*missing.pth not found"):
-        inception_weights(ReferenceConfig(inception_weights=str(tmp_path / "missing.pth")))
+        inception_weights(ReferenceConfig(feature_extractor="inception-v3-compat",
+                                          inception_weights=str(tmp_path / "missing.pth")))
 
 
 class _Payload:

@@ -232,9 +232,9 @@ def test_a_queued_prune_ratio_sweep_does_not_retrain(repo):
 
 def test_pull_request_report_from_two_real_commits(repo, tmp_path):
     root, env = repo
-    # The workspace holds the lr=0.0004 experiment's results: commit them as the pull request's change.
+    # The workspace holds the lr=3e-5 experiment's results: commit them as the pull request's change.
     _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-qm", "lr 0.0004"], root, env)
+    _run(["git", "commit", "-qm", "lr 3e-5"], root, env)
     old = json.loads(_run(["git", "show", "HEAD~1:metrics/evaluate.json"], root, env))["fid"]
     new = json.loads((root / "metrics/evaluate.json").read_text())["fid"]
     cmd = [sys.executable, "-m", "ganforge.cli", "report", "--base", "HEAD~1", "--out", str(tmp_path / "r")]
@@ -242,7 +242,7 @@ def test_pull_request_report_from_two_real_commits(repo, tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert loose.returncode == 0, loose.stderr[-3000:]
     report = (tmp_path / "r/report.md").read_text()
-    assert "| `params.yaml` lr | 0.0002 | 0.0004 |" in report  # the changed param
+    assert "| `params.yaml` lr | 0.0002 | 3e-05 |" in report  # the changed param
     assert f"| `metrics/evaluate.json` **fid** | {old:,.4g} | {new:,.4g} |" in report  # the changed metric
     assert "![before](samples-before.png)" in report and (tmp_path / "r/samples-before.png").stat().st_size > 0
     assert (tmp_path / "r/plots/index.html").is_file()
@@ -250,6 +250,8 @@ def test_pull_request_report_from_two_real_commits(repo, tmp_path):
     tight = subprocess.run([*cmd, "--max-fid-increase", "-1"], cwd=root, env=env, capture_output=True, text=True,
                            timeout=600)
     assert tight.returncode == 1 and "budget(s) broken" in tight.stderr
+    nan = subprocess.run([*cmd, "--max-fid-increase", "nan"], cwd=root, env=env, capture_output=True, text=True)
+    assert nan.returncode == 2 and "expected a finite number" in nan.stderr  # a NaN budget would never be broken
     assert "**Budget broken:**" in (tmp_path / "r/report.md").read_text()
 
 

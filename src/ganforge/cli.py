@@ -15,6 +15,7 @@ exists as the wrong kind (a file where a directory goes, or the reverse) or sits
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -51,13 +52,14 @@ def _positive_float(text: str) -> float:
 
 
 def _budget(text: str) -> float:
-    """A budget fraction: a finite number >= 0 (a NaN budget would never be broken)."""
+    """A budget fraction: any finite number (a negative one asks for an improvement; a NaN one would never be
+    broken, an infinite one never kept)."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             from ganforge.benchmarking.suite import render, run_bench
 
             if args.render:
-                render(read_json(args.results), Path(args.repo).resolve(), Path(args.doc))
+                render(read_json(args.results), Path(args.repo).resolve(), Path(args.doc), args.results)
                 print(f"bench: {args.doc} rewritten from {args.results}")
                 return
             results = run_bench(args.repo, args.quick, args.results, None if args.no_doc else args.doc, args.threads)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from ganforge.errors import UserError
-from ganforge.files import read_text
+from ganforge.files import read_text, shown
 
 _POWERS_OF_TWO = (8, 16, 32, 64, 128, 256)
 # Upper bounds far past any real run, so a slip of the exponent (kimg: 2e30) is refused, not run for ever.
@@ -340,7 +340,7 @@ class OptimizeConfig(StageConfig):
     repeats: int = _param(30, ge=1, le=_MAX_REPEATS)
     threads: int = _param(0, ge=0, le=1024)
     max_fid_increase: float = _param(0.1, ge=0.0)
-    calibration_batches: int = _param(8, ge=1, le=_MAX_REPEATS)
+    calibration_batches: int = _param(8, ge=1, le=1024)  # the recipe's bound
     int8_backend: Literal["fbgemm", "onednn", "qnnpack", "x86"] = "fbgemm"
     prune_ratio: float = _param(0.8, gt=0.0, lt=1.0)
     prune_importance: Literal["l1", "bn-scale"] = "l1"
@@ -490,6 +490,23 @@ def load_stage_config(cls: type[C], path: str | Path = "params.yaml") -> C:
     return config_from_dict(cls, values, source=str(path))
 
 
+def read_record(cls: type[C], d: Any, source: str) -> C:
+    """The frozen dataclass ``cls`` from the JSON object ``d`` read from ``source``, with the checks params.yaml
+    gets (:func:`ganforge.config.config_from_dict`: types, and the ranges and choices in each field's metadata).
+
+    ``cls`` names itself in the error line by its ``SECTION``. A missing required key, an unknown key, a wrong
+    type or an out-of-range value is a one-line :class:`UserError` like
+    ``config.json: generator.z_dim: expected a value <= 4096, got 1000000000000``.
+    """
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: {cls.SECTION}: expected a JSON object, got {shown(d)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in d
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{source}: {cls.SECTION}.{missing[0]}: missing")
+    return config_from_dict(cls, d, source)
+
+
 def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "params") -> C:
     """Build a config from a flat dict of section keys and top-level keys, validating every value."""
     hints = typing.get_type_hints(cls)
@@ -545,8 +562,11 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
             raise UserError(f"{label}: expected an integer, got {value!r}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{label}: expected a number, got {value!r}")
-        value = float(value)
+            raise UserError(f"{label}: expected a number, got {shown(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past a float's range
+            raise UserError(f"{label}: expected a finite number, got {shown(value)}") from None
         if not math.isfinite(value):
             raise UserError(f"{label}: expected a finite number, got {value!r}")
     elif hint is str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -265,6 +266,8 @@ def read_json(path: str | Path, max_bytes: int = 64 << 20) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise UserError(f"{path}: malformed JSON: {e}") from None
     except RecursionError:
         raise UserError(f"{path}: malformed JSON: nested too deeply") from None
 
@@ -276,3 +279,79 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for an error line about a value read from a file."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Each:
+    """JSON shape: an object whose keys are names (any) and whose values all have ``shape``."""
+
+    shape: Any
+
+
+@dataclass(frozen=True)
+class Maybe:
+    """JSON shape: null, or ``shape``."""
+
+    shape: Any
+
+
+POSITIVE = "a positive number"  # JSON shape of a number that something is divided by
+
+
+def _is_number(value: Any) -> bool:
+    # Integers past a float's range would make float() and number formatting raise OverflowError.
+    return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**1023)
+
+
+_JSON_KINDS = {float: ("a number", _is_number),
+          int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+          str: ("a string", lambda v: isinstance(v, str)),
+          bool: ("true or false", lambda v: isinstance(v, bool)),
+          POSITIVE: (POSITIVE, lambda v: _is_number(v) and v > 0)}
+
+
+def _field(parent: str, key: str) -> str:
+    name = key if key.isprintable() and key.strip() == key and key else repr(key)  # a newline stays one line
+    return f"{parent}.{name}" if parent else name
+
+
+def check_json(value: Any, shape: Any, source: str, field_name: str = "") -> None:
+    """Check that the JSON ``value`` read from ``source`` has ``shape``, before anything uses it.
+
+    A shape is ``float`` (any number), :data:`POSITIVE`, ``int``, ``str``, ``bool``, a dict of key -> shape (an
+    object holding at least those keys; a key ending in ``?`` may be missing), ``[shape]`` (a list of them),
+    :class:`Each` or :class:`Maybe`. The first mismatch is a one-line :class:`UserError` like
+    ``bench/results.json: ceilings.fp32_gemm_gflops.median: expected a number, got 'fast'``.
+    """
+    where = f"{source}: {field_name}" if field_name else source
+    if isinstance(shape, Maybe):
+        if value is None:
+            return
+        shape = shape.shape
+    if isinstance(shape, dict | Each):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a JSON object, got {shown(value)}")
+        if isinstance(shape, Each):
+            fields = [(key, shape.shape) for key in value]
+        else:
+            fields = [(key.removesuffix("?"), inner) for key, inner in shape.items()
+                      if not key.endswith("?") or key.removesuffix("?") in value]
+        for key, inner in fields:
+            if key not in value:
+                raise UserError(f"{source}: {_field(field_name, key)}: missing")
+            check_json(value[key], inner, source, _field(field_name, key))
+    elif isinstance(shape, list):
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {shown(value)}")
+        for i, item in enumerate(value):
+            check_json(item, shape[0], source, f"{field_name}[{i}]")
+    else:
+        what, accepts = _JSON_KINDS[shape]
+        if not accepts(value):
+            raise UserError(f"{where}: expected {what}, got {shown(value)}")

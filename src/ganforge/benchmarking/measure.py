@@ -16,6 +16,7 @@ import psutil
 import torch
 
 from ganforge.errors import UserError
+from ganforge.files import read_text
 
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
 
@@ -104,7 +105,7 @@ def write_doc_section(doc: Path, name: str, lines: list[str]) -> None:
     """Replace (or append) the generated section ``name`` of the markdown page ``doc``."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     section = "\n".join([begin, *lines, end])
-    text = doc.read_text() if doc.exists() else ""
+    text = read_text(doc) if doc.exists() else ""
     if begin in text and end in text:
         text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
     else:

@@ -16,14 +16,14 @@ import torch
 import yaml
 
 from ganforge.benchmarking.measure import rate_spread, spread, timed
-from ganforge.config import PrepareConfig
+from ganforge.config import PrepareConfig, read_params
 from ganforge.data.augment import DiffAugment
 from ganforge.data.prepare import prepare
 from ganforge.data.prepared import load_split
 from ganforge.data.stream import BatchStream
 from ganforge.errors import UserError
 from ganforge.evaluation.features import DomainFeatureNet
-from ganforge.files import read_json
+from ganforge.files import check_json, read_json
 from ganforge.models import GeneratorSpec, build_generator, load_generator
 from ganforge.optimization.benchmark import flops_per_image, time_generators
 from ganforge.optimization.outputs import RECIPE_FILE, WINNER_FILE
@@ -103,7 +103,9 @@ def prepared_digits(work: Path) -> dict:
 
 def train_stage_img_per_s(repo: Path, work: Path, name: str, train: dict, nproc: int, threads: int) -> float:
     """One run of the real train stage script under torchrun; returns the images/s it reports."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_params(repo / "params.yaml")
+    if not isinstance(params.get("train"), dict):
+        raise UserError(f"{repo / 'params.yaml'}: train: expected a mapping of the train stage's params")
     params["train"] |= {"fid_interval_kimg": 0, "snapshot_kimg": 0, "checkpoint_kimg": 1000, "nproc": nproc,
                         "device": "cpu", **train}
     params_path = work / f"{name}.yaml"
@@ -115,7 +117,9 @@ def train_stage_img_per_s(repo: Path, work: Path, name: str, train: dict, nproc:
     done = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": str(threads)}, capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"train stage ({name}) failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads((out / "train.json").read_text())["train_img_per_s"]
+    record = read_json(out / "train.json")
+    check_json(record, {"train_img_per_s": float}, str(out / "train.json"))
+    return record["train_img_per_s"]
 
 
 def training(repo: Path, work: Path, quick: bool) -> dict:
@@ -173,7 +177,11 @@ def pipeline(repo: Path, quick: bool) -> dict:
     dvc = [sys.executable, "-m", "dvc"]
     status = subprocess.run([*dvc, "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
     result: dict = {}
-    if status.returncode == 0 and json.loads(status.stdout or "{}") == {}:
+    try:
+        up_to_date = status.returncode == 0 and json.loads(status.stdout or "{}") == {}
+    except ValueError:  # not JSON (a dvc that prints a warning first, say): measure nothing rather than guess
+        up_to_date = False
+    if up_to_date:
         result["noop_repro"] = timed([*dvc, "repro"], repo, env)
     else:
         result["noop_repro_skipped"] = "the pipeline is not up to date here: run `dvc repro` first"

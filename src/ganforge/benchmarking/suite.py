@@ -18,7 +18,48 @@ from ganforge.benchmarking import sections
 from ganforge.benchmarking.ceilings import measure_ceilings
 from ganforge.benchmarking.measure import machine, machine_line, write_doc_section
 from ganforge.errors import UserError
-from ganforge.files import atomic_path
+from ganforge.files import POSITIVE, Each, Maybe, atomic_path, check_json, read_json
+
+_SPREAD = {"median": float, "min": float, "max": float}
+_RUN = {"wall_s": float, "peak_rss_mib": float}
+# What render() and target_lines() read of the results (written by run_bench; `--render` reads them back).
+_RESULTS = {
+    "machine": {"cpu": str, "cpu_flags": [str], "cores": Maybe(int), "torch": str, "onnxruntime": str,
+                "python": str, "torch_threads": int, "cuda_device?": str},
+    "quick": bool, "date": str, "wall_s": float,
+    "ceilings": {"fp32_gemm_gflops": _SPREAD, "int8_gemm_gops": Maybe(_SPREAD), "memory_bandwidth_gbs": _SPREAD,
+                 "cuda_bf16_tflops?": Maybe(_SPREAD | {"median": POSITIVE})},  # generation_cuda divides by it
+    "generation": {"batch": int, "winner_skipped?": str, "rows": Each({
+        "shape": str, "img_per_s_batch256": float, "img_per_s_batch256_min": float, "img_per_s_batch256_max": float,
+        "latency_ms_batch1": float, "vs_seed_fp32": float, "gflops": float, "ceiling_fraction": float})},
+    "generation_cuda?": Maybe({"batch": int, "device": str, "rows": Each({"img_per_s": _SPREAD, "gflops": float})}),
+    "training": {"kimg_per_run": float, "archs": Each(_SPREAD),
+                 "ddp": {"1_process_2_threads": _SPREAD, "2_processes_1_thread": _SPREAD, "ratio": float}},
+    "data": {"prepare": {"files": float, "files_per_s": float}, "loader_img_per_s": _SPREAD,
+             "loader_augmented_img_per_s": _SPREAD, "domain_features_img_per_s": _SPREAD},
+    "pipeline": {"noop_repro?": _RUN, "noop_repro_skipped?": str, "default_repro?": _RUN,
+                 "default_repro_skipped?": str},
+}
+# What target_lines() reads of each benchmark's JSON in bench/.
+_BENCH_FILES = {
+    "pipeline_budget": {"repro_default?": _RUN, "test_suite?": {"wall_s": float}},
+    "data_path": {"prepare_cifar10_jpeg?": _RUN},
+    "time_to_quality": {"lite?": {"fid": float}, "seed?": {"fid": POSITIVE}},
+    "evaluation_speed": {"evaluate_stage?": {"wall_s?": float}, "cifar10?": {"fid_10k?": {"wall_s?": float}}},
+    "optimize_speed": {"winner_fid_ratio?": float, "best_unpruned_fp32_ceiling_fraction?": float},
+    "optimize_cifar": {"best_compressed?": Each({"variant": str, "fid_ratio": float, "speedup_batch256": float})},
+}
+
+
+def check_results(results: Any, source: str) -> None:
+    """Check that bench results (from ``source``) hold every field the doc's tables are made of: a wrong type or
+    a missing field is a one-line :class:`UserError` naming ``source`` and the field."""
+    check_json(results, _RESULTS, source)
+    if results.get("generation_cuda") and not results["ceilings"].get("cuda_bf16_tflops"):
+        raise UserError(f"{source}: ceilings.cuda_bf16_tflops: missing (generation_cuda is compared with it)")
+    for key in ("noop_repro", "default_repro"):
+        if key not in results["pipeline"] and f"{key}_skipped" not in results["pipeline"]:
+            raise UserError(f"{source}: pipeline.{key}: missing (nor is pipeline.{key}_skipped there)")
 
 
 def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path: str | Path | None,
@@ -52,7 +93,7 @@ def run_bench(repo: str | Path, quick: bool, results_path: str | Path, doc_path:
     with atomic_path(results_path) as out:
         out.write_text(json.dumps(results, indent=2) + "\n")
     if doc_path is not None:
-        render(results, repo, Path(doc_path))
+        render(results, repo, Path(doc_path), str(results_path))
     return results
 
 
@@ -60,8 +101,10 @@ def _range(s: dict, digits: int = 0) -> str:
     return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}–{s['max']:,.{digits}f})"
 
 
-def render(results: dict, repo: Path, doc: Path) -> None:
-    """Regenerate the ``bench`` and ``targets`` sections of ``doc`` from ``results``."""
+def render(results: Any, repo: Path, doc: Path, source: str = "--results") -> None:
+    """Regenerate the ``bench`` and ``targets`` sections of ``doc`` from ``results`` (read from ``source``, which
+    error lines name), after checking that it holds every field they use."""
+    check_results(results, source)
     m, c = results["machine"], results["ceilings"]
     mode = "`ganforge bench --quick`" if results["quick"] else "`ganforge bench`"
     lines = [machine_line(m) + f" CPU flags: {', '.join(m['cpu_flags']) or 'none of note'}; onnxruntime "
@@ -117,8 +160,13 @@ def render(results: dict, repo: Path, doc: Path) -> None:
 
 
 def _load(bench_dir: Path, name: str) -> dict | None:
+    """A benchmark's JSON in ``bench_dir``, checked for what :func:`target_lines` reads; None when not run."""
     path = bench_dir / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.exists():
+        return None
+    measured = read_json(path)
+    check_json(measured, _BENCH_FILES[name], str(path))
+    return measured
 
 
 def target_lines(results: dict, bench_dir: Path) -> list[str]:
@@ -152,7 +200,7 @@ def target_lines(results: dict, bench_dir: Path) -> list[str]:
         False)
     quality = _load(bench_dir, "time_to_quality") or {}
     add("CIFAR-10, 30 min each: `lite` FID / `seed` FID (lite reaches the lower FID)", "`make bench-quality`",
-        quality["lite"]["fid"] / quality["seed"]["fid"] if "lite" in quality else None, 1, True)
+        quality["lite"]["fid"] / quality["seed"]["fid"] if "lite" in quality and "seed" in quality else None, 1, True)
     evaluation = _load(bench_dir, "evaluation_speed") or {}
     add("evaluate stage on the default data, s", "`make bench-eval`",
         evaluation.get("evaluate_stage", {}).get("wall_s"), 60, True)

@@ -9,9 +9,11 @@ Inception Score, so FID works offline on any domain. It is registered with torch
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 from tqdm import tqdm
 
-from ganforge.config import FeaturizerConfig
+from ganforge.config import FeaturizerConfig, read_record
 from ganforge.data.prepared import load_split
 from ganforge.errors import UserError
 from ganforge.files import sha256_file, write_json
@@ -68,17 +70,40 @@ def save_featurizer(net: DomainFeatureNet, path: str | Path) -> None:
     save_weights(net, path, {"config": net.config})
 
 
+@dataclass(frozen=True)
+class FeaturizerShape:
+    """:class:`DomainFeatureNet`'s constructor arguments as its safetensors metadata records them, with the
+    featurizer params' ranges (``num_classes``: the label count, or 4 rotations)."""
+
+    SECTION: ClassVar[str] = "config"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ()
+    channels: int = field(metadata={"choices": (1, 3)})
+    num_classes: int = field(metadata={"ge": 2, "le": 1_000_000})
+    width: int = field(metadata={"ge": 1, "le": 1024})
+    feature_dim: int = field(metadata={"ge": 2, "le": 4096})
+
+
 def load_featurizer(path: str | Path) -> DomainFeatureNet:
-    """Rebuild a :class:`DomainFeatureNet` from a safetensors file written by :func:`save_featurizer`."""
+    """Rebuild a :class:`DomainFeatureNet` from a safetensors file written by :func:`save_featurizer`.
+
+    Its metadata's ``config`` is checked field by field, and the net is built on the meta device and takes the
+    file's tensors, so an edited file is a one-line :class:`UserError`, never a large allocation.
+    """
     state = load_weights(path)
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("config")
+    if text is None:
+        raise UserError(f"{path}: metadata: config: missing (not a ganforge featurizer)")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            config = json.loads((f.metadata() or {})["config"])
-        net = DomainFeatureNet(**config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: not a ganforge featurizer (missing or bad 'config' metadata: {e})") from None
-    load_state(net, state, path)
-    return net.eval()
+        config = json.loads(text)
+    except (ValueError, RecursionError) as e:  # ValueError covers malformed JSON and over-long integers
+        raise UserError(f"{path}: metadata: config: malformed JSON ({e})") from None
+    shape = read_record(FeaturizerShape, config, f"{path}: metadata")
+    with torch.device("meta"):
+        net = DomainFeatureNet(**dataclasses.asdict(shape))
+    load_state(net, state, path, assign=True)
+    # The file's tensors are contiguous; the net computes in channels_last (see DomainFeatureNet).
+    return net.to(memory_format=torch.channels_last).eval()
 
 
 ROTATIONS = 4

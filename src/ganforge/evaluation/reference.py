@@ -23,10 +23,12 @@ from ganforge.config import ReferenceConfig
 from ganforge.data.prepared import ImageTensorDataset, load_split
 from ganforge.errors import UserError
 from ganforge.evaluation.fidelity import INCEPTION_EXTRACTOR, RGBImages, extractor_weights, fidelity_kwargs
-from ganforge.files import atomic_dir, read_json, sha256_file, usual_permissions, write_json
+from ganforge.files import Each, atomic_dir, check_json, read_json, sha256_file, shown, usual_permissions, write_json
 
 INFO_FILE = "reference.json"
 SPLITS = ("train", "test")
+# The fields of reference.json that are read back; the others are compared with what they must equal.
+_INFO_SHAPE = {"cache_names": Each(str), "counts": Each(int), "files": [str]}
 
 
 @dataclass(frozen=True)
@@ -125,21 +127,35 @@ def load_reference(directory: str | Path, cfg: ReferenceConfig, featurizer_path:
     directory = Path(directory)
     info_path = directory / INFO_FILE
     info = read_json(info_path)
+    check_json(info, _INFO_SHAPE, str(info_path))
+    for key in ("cache_names", "counts"):
+        if set(info[key]) != set(SPLITS):
+            raise UserError(f"{info_path}: {key}: expected one entry per split ({', '.join(SPLITS)}), got "
+                            f"{shown(sorted(info[key]))}")
+    for field, name in [*((f"cache_names.{s}", n) for s, n in info["cache_names"].items()),
+                        *((f"files[{i}]", n) for i, n in enumerate(info["files"]))]:
+        if name in ("", ".", "..") or not name.isprintable() or Path(name).name != name:
+            raise UserError(f"{info_path}: {field}: expected a plain file name, got {shown(name)}")
+    for split, count in info["counts"].items():
+        if count < 1:
+            raise UserError(f"{info_path}: counts.{split}: expected a positive image count, got {count}")
     rerun = "run `dvc repro reference` to recompute them"
     installed = torch_fidelity.__version__
-    if info.get("torch_fidelity_version") != installed:
-        raise UserError(f"{info_path}: statistics computed with torch-fidelity {info.get('torch_fidelity_version')},"
-                        f" this environment has {installed}; {rerun}")
+    recorded = info.get("torch_fidelity_version")
+    if recorded != installed:
+        plain = isinstance(recorded, str) and recorded.isprintable() and len(recorded) <= 60
+        raise UserError(f"{info_path}: statistics computed with torch-fidelity {recorded if plain else shown(recorded)}"
+                        f", this environment has {installed}; {rerun}")
     for key in ("feature_extractor", "split", "max_samples"):
         if info.get(key) != getattr(cfg, key):
-            raise UserError(f"{info_path}: computed with {key} {info.get(key)!r} but params say "
+            raise UserError(f"{info_path}: computed with {key} {shown(info.get(key))} but params say "
                             f"reference.{key} {getattr(cfg, key)!r}; {rerun}")
     weights = extractor_weights(cfg, featurizer_path)
     if sha256_file(weights) != info.get("feature_extractor_sha256"):
         raise UserError(f"{info_path}: computed with different {cfg.feature_extractor} weights than {weights}; "
                         f"{rerun}")
-    missing = [name for name in info.get("files", []) if not (directory / name).is_file()]
-    if missing or not info.get("files"):
+    missing = [name for name in info["files"] if not (directory / name).is_file()]
+    if missing or not info["files"]:
         raise UserError(f"{directory / (missing or ['(cache files)'])[0]}: missing from the reference statistics; "
                         f"{rerun}")
     return ReferenceStats(directory, cfg.feature_extractor, weights, cfg.split, dict(info["counts"]), info)

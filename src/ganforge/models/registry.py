@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from ganforge.config import read_record
 from ganforge.errors import UserError
 from ganforge.files import atomic_path, read_json, write_json
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -22,11 +25,12 @@ from ganforge.models.seed import SeedDiscriminator, SeedGenerator
 _GENERATORS = {"seed": SeedGenerator, "dcgan": DCGANGenerator, "lite": LiteGenerator}
 _DISCRIMINATORS = {"seed": SeedDiscriminator, "dcgan": DCGANDiscriminator, "lite": LiteDiscriminator}
 ARCHS = tuple(_GENERATORS)
+RESOLUTIONS = (8, 16, 32, 64, 128, 256)  # what the prepare stage writes, and the largest side `lite` builds
+MAX_Z_DIM = 4096  # train.z_dim's bound
 
 # The train stage's generators: the last EMA weights, and those with the best in-loop FID.
 LAST_GENERATOR = "generator.safetensors"
 BEST_GENERATOR = "generator-best.safetensors"
-
 
 @dataclass(frozen=True)
 class GeneratorSpec:
@@ -34,43 +38,31 @@ class GeneratorSpec:
 
     Args:
         arch: architecture name in the registry.
-        z_dim: latent size; inputs are (B, z_dim) standard-normal latents.
-        resolution: output side in pixels.
-        channels: output channels.
-        width: channel multiplier of ``dcgan`` and ``lite``; ``seed`` keeps the article's widths (1.0).
+        z_dim: latent size, 1 to 4096; inputs are (B, z_dim) standard-normal latents.
+        resolution: output side in pixels, a power of two from 8 to 256.
+        channels: output channels, 1 or 3.
+        width: channel multiplier of ``dcgan`` and ``lite``, in (0, 16]; ``seed`` keeps the article's widths (1.0).
         pruned: channels were removed by structured pruning; each layer's size is read from the weights.
     """
 
-    arch: str
-    z_dim: int
-    resolution: int
-    channels: int
-    width: float = 1.0
-    pruned: bool = False
+    SECTION: ClassVar[str] = "generator"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ()
+    arch: str = field(metadata={"choices": ARCHS})
+    z_dim: int = field(metadata={"ge": 1, "le": MAX_Z_DIM})
+    resolution: int = field(metadata={"choices": RESOLUTIONS})
+    channels: int = field(metadata={"choices": (1, 3)})
+    width: float = field(default=1.0, metadata={"gt": 0.0, "le": 16.0})
+    pruned: bool = False  # optional, like width: older specs mean not pruned
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "spec") -> GeneratorSpec:
-        if not isinstance(d, dict):
-            raise UserError(f"{source}: expected a JSON object describing the generator")
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - d.keys() - {"width", "pruned"}  # optional: older specs mean width 1.0, not pruned
-        if missing:
-            raise UserError(f"{source}: missing generator keys {sorted(missing)}")
-        spec = cls(**{k: d[k] for k in names if k in d})
-        if spec.arch not in _GENERATORS:
-            raise UserError(f"{source}: unknown arch {spec.arch!r} (known: {', '.join(_GENERATORS)})")
-        for key in ("z_dim", "resolution", "channels"):
-            value = getattr(spec, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{source}: {key} must be a positive integer, got {value!r}")
-        if spec.resolution < 8 or spec.resolution & (spec.resolution - 1):
-            raise UserError(f"{source}: resolution must be a power of two >= 8, got {spec.resolution}")
-        check_width(spec.arch, spec.width, f"{source}: width")
-        if not isinstance(spec.pruned, bool):
-            raise UserError(f"{source}: pruned must be true or false, got {spec.pruned!r}")
+    def from_dict(cls, d: Any, source: str = "spec") -> GeneratorSpec:
+        """The spec in the JSON object ``d`` read from ``source``; anything else is a one-line :class:`UserError`
+        naming ``source`` and the key (see :func:`read_record`)."""
+        spec = read_record(cls, d, source)
+        check_width(spec.arch, spec.width, f"{source}: {cls.SECTION}.width")
         return spec
 
 
@@ -144,12 +136,34 @@ def load_generator(weights_path: str | Path) -> tuple[nn.Module, GeneratorSpec]:
     weights_path = Path(weights_path)
     spec_path = weights_path.with_suffix(".json")
     spec = GeneratorSpec.from_dict(read_json(spec_path), source=str(spec_path))
-    module = build_generator(spec)
+    return generator_from_weights(spec, weights_path), spec
+
+
+def generator_from_weights(spec: GeneratorSpec, weights_path: str | Path) -> nn.Module:
+    """``spec``'s generator holding the weights in the safetensors file ``weights_path``, in eval mode.
+
+    The module is built on the meta device and takes the file's tensors in place, so nothing is allocated beyond
+    what the file holds, whatever size a (possibly edited) spec describes. A pruned spec takes each layer's size
+    from the file. One latent is run through it, so weights that do not fit together are a one-line
+    :class:`UserError` naming the file here, not a traceback at the first batch.
+    """
     state = load_weights(weights_path)
+    with torch.device("meta"):
+        module = build_generator(spec)
     if spec.pruned:
         resize_to_state(module, state)
-    load_state(module, state, weights_path)
-    return module.eval(), spec
+    load_state(module, state, weights_path, assign=True)
+    module.eval()
+    try:
+        with torch.inference_mode():
+            images = module(torch.zeros(1, spec.z_dim))  # (1, C, R, R)
+    except (RuntimeError, ValueError, IndexError) as e:  # what torch's layers raise for sizes that do not fit
+        raise UserError(f"{weights_path}: the layers' sizes do not fit together ({_first_line(e)})") from None
+    expected = (1, spec.channels, spec.resolution, spec.resolution)
+    if tuple(images.shape) != expected:
+        raise UserError(f"{weights_path}: makes images of shape {tuple(images.shape)[1:]} where the spec says "
+                        f"{expected[1:]}")
+    return module
 
 
 _SIZE_ATTRIBUTES = {  # layer type -> (attribute, axis of the weight that gives it)
@@ -159,19 +173,29 @@ _SIZE_ATTRIBUTES = {  # layer type -> (attribute, axis of the weight that gives 
 }
 
 
-def resize_to_state(module: nn.Module, state: dict[str, Any]) -> None:
+def resize_to_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Give every parameter and buffer of ``module`` the shape it has in ``state`` (a structurally pruned
-    model's weights), and update the layers' size attributes to match. Values are loaded afterwards."""
+    model's weights), and update the layers' size attributes to match. Values are loaded afterwards.
+
+    New tensors stay on the module's device (the meta device allocates nothing). Names the module does not
+    have, and tensors of another rank, are left for :func:`load_state` to report.
+    """
     for name, tensor in state.items():
         owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
-        current = getattr(owner, leaf, None)
-        if current is None or current.shape == tensor.shape:
+        try:
+            owner = module.get_submodule(owner_name)
+        except AttributeError:
             continue
+        current = getattr(owner, leaf, None)
+        if not isinstance(current, torch.Tensor) or current.shape == tensor.shape or current.ndim != tensor.ndim:
+            continue
+        resized = torch.empty(tensor.shape, dtype=current.dtype, device=current.device)
         if isinstance(current, nn.Parameter):
-            setattr(owner, leaf, nn.Parameter(tensor.new_empty(tensor.shape), requires_grad=current.requires_grad))
+            setattr(owner, leaf, nn.Parameter(resized, requires_grad=current.requires_grad))
+        elif leaf in owner._buffers:
+            owner.register_buffer(leaf, resized)
         else:
-            owner.register_buffer(leaf, tensor.new_empty(tensor.shape))
+            continue
         if leaf == "weight" and type(owner) in _SIZE_ATTRIBUTES:
             grouped = getattr(owner, "groups", 1)  # conv weights hold in/groups (or out/groups) on axis 1
             for attribute, axis in _SIZE_ATTRIBUTES[type(owner)]:
@@ -180,21 +204,45 @@ def resize_to_state(module: nn.Module, state: dict[str, Any]) -> None:
             owner.num_features = tensor.shape[0]
 
 
-def load_state(module: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """``module.load_state_dict(state)``, with a mismatch reported as a one-line error naming the file."""
+def load_state(module: nn.Module, state: Any, path: str | Path, assign: bool = False) -> None:
+    """``module.load_state_dict(state)``, with a mismatch reported as a one-line error naming the file.
+
+    With ``assign`` the module's tensors (meta placeholders, say) are replaced by ``state``'s own, which must
+    then have the module's dtypes too.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: weights do not match the architecture (expected a mapping of names to tensors)")
+    if assign:
+        expected = module.state_dict()
+        for name, tensor in state.items():
+            if name in expected and tensor.dtype != expected[name].dtype:
+                raise UserError(f"{path}: tensor {name!r} is {tensor.dtype}, the architecture needs "
+                                f"{expected[name].dtype}")
     try:
-        module.load_state_dict(state)
+        module.load_state_dict(state, assign=assign)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"{path}: weights do not match the architecture ({first[0] if first else e})") from None
+        raise UserError(f"{path}: weights do not match the architecture ({_first_line(e)})") from None
 
 
 def load_weights(path: str | Path) -> dict[str, Any]:
-    """Load a safetensors file, refusing anything else (e.g. a pickle) with a one-line error."""
+    """Load a safetensors file, refusing anything else (e.g. a pickle) with a one-line error. safetensors checks
+    the header against the file's size, so the tensors never take more memory than the file; non-finite
+    values (NaN or infinite weights are never trained ones) are refused too."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a weights file")
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, ValueError, OSError) as e:
-        raise UserError(f"{path}: not a valid safetensors file ({e})") from None
+        raise UserError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    return state
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

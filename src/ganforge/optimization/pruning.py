@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ganforge.errors import UserError
-from ganforge.files import read_json
+from ganforge.files import check_json, read_json, shown
 from ganforge.models import GeneratorSpec, build_discriminator
 from ganforge.models.registry import load_state
 from ganforge.training.checkpoint import load_checkpoint
@@ -135,13 +135,20 @@ def prune_generator(generator: nn.Module, z_dim: int, ratio: float, criterion: s
 def trained_discriminator(train_dir: str | Path, spec: GeneratorSpec) -> nn.Module:
     """The train stage's final discriminator, rebuilt from ``train.json``'s params and the checkpoint."""
     train_dir = Path(train_dir)
-    params = read_json(train_dir / "train.json").get("params", {})
-    try:
-        discriminator = build_discriminator(params["arch"], spec.resolution, spec.channels,
-                                            params.get("width", 1.0), params.get("d_spectral_norm", False))
-    except KeyError:
-        raise UserError(f"{train_dir / 'train.json'}: no 'params.arch' to rebuild the discriminator from") from None
-    state = load_checkpoint(train_dir / "checkpoint.pt")
+    record = train_dir / "train.json"
+    params = read_json(record)
+    check_json(params, {"params": {"arch": str, "width?": float, "d_spectral_norm?": bool}}, str(record))
+    params = params["params"]
+    # D's family and width are G's: anything else is a train.json from another run (or edited), and a width
+    # the trained G does not have could size D without bound.
+    recorded = {"arch": params["arch"], "width": params.get("width", 1.0)}
+    for key, expected in (("arch", spec.arch), ("width", spec.width)):
+        if recorded[key] != expected:
+            raise UserError(f"{record}: params.{key}: {shown(recorded[key])} but the trained generator's is "
+                            f"{expected!r}")
+    discriminator = build_discriminator(spec.arch, spec.resolution, spec.channels, spec.width,
+                                        params.get("d_spectral_norm", False))
+    state = load_checkpoint(train_dir / "checkpoint.pt", required=("discriminator",))
     load_state(discriminator, state["discriminator"], train_dir / "checkpoint.pt")
     return discriminator.eval().requires_grad_(False)
 

@@ -27,9 +27,9 @@ import dataclasses
 import operator
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from torch import nn
 from torch.ao.quantization import fuse_modules, get_default_qconfig_mapping
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+from ganforge.config import read_record
 from ganforge.errors import UserError
 from ganforge.optimization.banded import band
 from ganforge.optimization.direct import direct
@@ -90,23 +91,27 @@ class Recipe:
 
     Args:
         variant: the variant's name, its steps joined with ``+`` (see the module docstring).
-        calibration_seed: seed of the latents fed to int8 observers.
-        calibration_batches: number of calibration batches.
-        calibration_batch_size: latents per calibration batch.
+        calibration_seed: seed of the latents fed to int8 observers, 0 to 2**31 - 1.
+        calibration_batches: number of calibration batches, 1 to 1024.
+        calibration_batch_size: latents per calibration batch, 1 to 65536 (``optimize.batch``'s range).
         quantization_backend: torch.ao backend of the int8 flow.
         prune_ratio: share of channels removed (``pruned`` variants; recorded, already applied to the weights).
         prune_importance: criterion that chose them (``l1`` or ``bn-scale``).
         finetune_kimg: thousands of latents of the distillation fine-tune after pruning.
     """
 
+    SECTION: ClassVar[str] = "recipe"
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ()
     variant: str
-    calibration_seed: int = 0
-    calibration_batches: int = 8
-    calibration_batch_size: int = 64
+    # Bounded because loading an int8 package re-runs the calibration: an edited recipe must not make it
+    # allocate (batch size) or loop (batches) without end.
+    calibration_seed: int = field(default=0, metadata={"ge": 0, "le": 2**31 - 1})
+    calibration_batches: int = field(default=8, metadata={"ge": 1, "le": 1024})
+    calibration_batch_size: int = field(default=64, metadata={"ge": 1, "le": 65536})
     quantization_backend: str = "fbgemm"
-    prune_ratio: float | None = None
-    prune_importance: str | None = None
-    finetune_kimg: float | None = None
+    prune_ratio: float | None = field(default=None, metadata={"gt": 0.0, "lt": 1.0})
+    prune_importance: str | None = field(default=None, metadata={"choices": ("l1", "bn-scale")})
+    finetune_kimg: float | None = field(default=None, metadata={"ge": 0.0})
 
     @property
     def steps(self) -> tuple[str, ...]:
@@ -116,15 +121,14 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "recipe") -> Recipe:
-        if not isinstance(d, dict) or not isinstance(d.get("variant"), str):
-            variant = d.get("variant") if isinstance(d, dict) else d
-            raise UserError(f"{source}: missing or malformed variant {variant!r}")
-        variant_steps(d["variant"], f"{source}: variant")
-        recipe = cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+    def from_dict(cls, d: Any, source: str = "recipe") -> Recipe:
+        """The recipe in the JSON object ``d`` read from ``source``; a missing, unknown, mistyped or out-of-range
+        key, or a variant that is not one, is a one-line :class:`UserError` naming ``source`` and the key."""
+        recipe = read_record(cls, d, source)
+        variant_steps(recipe.variant, f"{source}: {cls.SECTION}.variant")
         if recipe.quantization_backend not in torch.backends.quantized.supported_engines:
-            raise UserError(f"{source}: quantization_backend {recipe.quantization_backend!r} is not available "
-                            f"(available: {', '.join(torch.backends.quantized.supported_engines)})")
+            raise UserError(f"{source}: {cls.SECTION}.quantization_backend: {recipe.quantization_backend!r} is "
+                            f"not available (available: {', '.join(torch.backends.quantized.supported_engines)})")
         return recipe
 
 

@@ -3,6 +3,8 @@ ONNX parity, with its model card and hash manifest (the layout is in :mod:`ganfo
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,16 +14,17 @@ from torch import nn
 
 from ganforge import __version__
 from ganforge.config import PackageConfig, config_to_dict
+from ganforge.data.prepared import read_manifest
 from ganforge.errors import UserError
 from ganforge.evaluation.protocol import Protocol, score_onnx_generator
-from ganforge.files import atomic_dir, read_json, sha256_file, write_json
+from ganforge.files import POSITIVE, Each, atomic_dir, check_json, read_json, sha256_file, shown, write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.latents import latents
 from ganforge.models import GeneratorSpec, load_generator
 from ganforge.models.registry import save_weights
 from ganforge.optimization.benchmark import parameter_count
 from ganforge.optimization.outputs import BASELINE_FILE, RECIPE_FILE, REPORT_FILE, WINNER_FILE
-from ganforge.optimization.variants import Recipe, build_variant, fold_batchnorm
+from ganforge.optimization.variants import BASELINE, Recipe, build_variant, fold_batchnorm
 from ganforge.packaging.card import model_card
 from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 from ganforge.packaging.package import (
@@ -35,6 +38,32 @@ from ganforge.packaging.package import (
     SAMPLES,
     WEIGHTS,
 )
+
+# What the package stage reads of the optimize report and the data manifest: its FID gate and the model card.
+_QUALITY = ("fid", "kid_mean", "isc_mean", "precision", "recall")
+_REPORT_SHAPE = {"batch": int, "fid_budget": float, "threads": int, "gemm_gflops": float,
+                 "variants": Each({key: float for key in (*_QUALITY, "img_per_s", "macs", "params")})}
+_BATCH_KEY = re.compile("img_per_s_batch([0-9]{1,9})")
+
+
+def read_report(path: Path, variant: str) -> dict[str, Any]:
+    """The optimize stage's report at ``path``, checked for every field the package reads; the recipe's
+    ``variant`` and ``fp32`` must be among its variants, each with the speeds measured for ``variant``."""
+    report = read_json(path)
+    check_json(report, _REPORT_SHAPE, str(path))
+    rows = report["variants"]
+    for name in dict.fromkeys((variant, BASELINE)):
+        if name not in rows:
+            raise UserError(f"{path}: variants.{name}: missing (the recipe's variant and {BASELINE} are needed)")
+    check_json(rows[BASELINE]["img_per_s"], POSITIVE, str(path), f"variants.{BASELINE}.img_per_s")
+    if not math.isfinite(rows[variant]["fid"]):
+        raise UserError(f"{path}: variants.{variant}.fid: expected a finite FID, got {rows[variant]['fid']}")
+    batches = [key for key in rows[variant] if key.startswith("img_per_s_batch")]
+    for key in batches:
+        if not _BATCH_KEY.fullmatch(key):
+            raise UserError(f"{path}: variants.{variant}.{shown(key)}: not img_per_s_batch<batch size>")
+    check_json(rows, Each({key: float for key in batches}), str(path), "variants")
+    return report
 
 
 def _git_commit() -> str | None:
@@ -80,9 +109,9 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
     optimized_dir = Path(optimized_dir)
     generator, spec = load_generator(optimized_dir / WINNER_FILE)
     recipe = Recipe.from_dict(read_json(optimized_dir / RECIPE_FILE), source=str(optimized_dir / RECIPE_FILE))
-    report = read_json(optimized_dir / REPORT_FILE)
+    report = read_report(optimized_dir / REPORT_FILE, recipe.variant)
     evaluated = report["variants"][recipe.variant]
-    data = read_json(Path(data_dir) / "manifest.json")
+    data = read_manifest(data_dir)
 
     with atomic_dir(out_dir) as tmp:
         save_weights(generator, tmp / WEIGHTS, {"spec": spec.to_dict()})
@@ -113,6 +142,7 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
         (tmp / CARD).write_text(model_card(spec, recipe, report, data, parity, protocol.describe(),
                                            parameter_count(generator), cfg))
         files = sorted(p.name for p in tmp.iterdir())
+        package_bytes, onnx_bytes = sum((tmp / name).stat().st_size for name in files), (tmp / ONNX).stat().st_size
         manifest = {
             "format": FORMAT,
             "ganforge_version": __version__,
@@ -125,8 +155,8 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
     metrics = {
         **parity,
         "variant": recipe.variant,
-        "package_bytes": sum((Path(out_dir) / name).stat().st_size for name in files),
-        "onnx_bytes": (Path(out_dir) / ONNX).stat().st_size,
+        "package_bytes": package_bytes,
+        "onnx_bytes": onnx_bytes,
     }
     write_json(metrics_path, metrics)
     return metrics

@@ -10,6 +10,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from ganforge.errors import UserError
+
 INPUT_NAME, OUTPUT_NAME = "z", "images"
 
 
@@ -47,3 +49,39 @@ def run_onnx(session: ort.InferenceSession, z: torch.Tensor) -> torch.Tensor:
     """Run the exported generator: z (B, z_dim) -> images (B, C, R, R) in [-1, 1]."""
     (images,) = session.run([OUTPUT_NAME], {INPUT_NAME: z.numpy().astype(np.float32)})
     return torch.from_numpy(images)
+
+
+def load_onnx(path: str | Path, z_dim: int, image_shape: tuple[int, int, int]) -> ort.InferenceSession:
+    """A session of the exported generator at ``path``, checked by running one latent: it must take ``z``
+    (B, z_dim) and give float32 ``images`` (B, *image_shape). A file that is not ONNX, or a graph that is
+    another one, is a one-line :class:`UserError` naming the file."""
+    # onnxruntime raises its own exception types (InvalidProtobuf, InvalidArgument, Fail, ...), each a plain
+    # Exception subclass with no common base, so a failing load or run is caught as Exception.
+    try:
+        session = onnx_session(path)
+    except Exception as e:
+        raise UserError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
+    inputs, outputs = session.get_inputs(), {o.name: o for o in session.get_outputs()}
+    if [i.name for i in inputs] != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+        raise UserError(f"{path}: expected a graph from input {INPUT_NAME!r} to output {OUTPUT_NAME!r}, got inputs "
+                        f"{[i.name for i in inputs]} and outputs {list(outputs)}")
+    # The declared shapes (ints where the export fixed them, names for the dynamic batch) catch another graph
+    # before it runs; the run below catches one that declares the right shapes but computes others.
+    for declared, expected in ((inputs[0].shape, [None, z_dim]), (outputs[OUTPUT_NAME].shape, [None, *image_shape])):
+        fixed = [(d, e) for d, e in zip(declared, expected, strict=False) if isinstance(d, int) and e is not None]
+        if len(declared) != len(expected) or any(d != e for d, e in fixed):
+            raise UserError(f"{path}: declares shapes {inputs[0].shape} -> {outputs[OUTPUT_NAME].shape}, config.json "
+                            f"describes (batch, {z_dim}) -> (batch, {', '.join(map(str, image_shape))})")
+    try:
+        images = run_onnx(session, torch.zeros(1, z_dim))  # (1, C, R, R)
+    except Exception as e:
+        raise UserError(f"{path}: does not run on a (1, {z_dim}) latent ({_first_line(e)})") from None
+    if tuple(images.shape) != (1, *image_shape) or images.dtype != torch.float32:
+        raise UserError(f"{path}: gives {images.dtype} images of shape {tuple(images.shape)[1:]} for one latent, "
+                        f"config.json describes float32 {image_shape}")
+    return session
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else type(e).__name__

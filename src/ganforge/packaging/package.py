@@ -17,6 +17,7 @@ Loading verifies every hash and refuses missing or extra files; the module is re
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,21 @@ import torch
 from torch import nn
 
 from ganforge.errors import UserError
-from ganforge.files import read_json, sha256_file
+from ganforge.files import Each, check_json, read_json, sha256_file, shown
 from ganforge.images import to_uint8
 from ganforge.models import GeneratorSpec
-from ganforge.models.registry import build_generator, load_state, load_weights, resize_to_state
+from ganforge.models.registry import generator_from_weights
 from ganforge.optimization.variants import Recipe, build_variant
 from ganforge.packaging import MODELS, RUNTIMES
-from ganforge.packaging.onnx import onnx_session, run_onnx
+from ganforge.packaging.onnx import load_onnx, run_onnx
 
 MANIFEST = "manifest.json"
 WEIGHTS, CONFIG, ONNX, SAMPLES, CARD = "model.safetensors", "config.json", "generator.onnx", "samples.png", "README.md"
 BASELINE_WEIGHTS, BASELINE_ONNX = "baseline.safetensors", "baseline.onnx"
 FORMAT = "ganforge-generator"
+LAYOUT = (WEIGHTS, CONFIG, ONNX, SAMPLES, CARD, BASELINE_WEIGHTS, BASELINE_ONNX)  # the files a manifest may list
+REQUIRED = (WEIGHTS, CONFIG, ONNX, SAMPLES, CARD)  # ...and those it must
+_SHA256 = re.compile("[0-9a-f]{64}")
 
 
 @dataclass
@@ -71,22 +75,37 @@ class GeneratorPackage:
 
 
 def verify_package(path: str | Path) -> dict[str, Any]:
-    """Check every file against the manifest; a missing, modified or unexpected file is a :class:`UserError`."""
+    """Check every file against the manifest; a missing, modified or unexpected file, or a manifest that is not
+    one (its ``files`` must map the layout's names to sha256 hex digests), is a one-line :class:`UserError`."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path}: package directory not found")
-    manifest = read_json(path / MANIFEST)
-    files_ok = isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
-    if not files_ok or manifest.get("format") != FORMAT:
-        raise UserError(f"{path / MANIFEST}: not a ganforge generator manifest")
+    manifest_path = path / MANIFEST
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{manifest_path}: not a ganforge generator manifest (format {FORMAT!r} expected)")
+    check_json(manifest, {"files": Each(str)}, str(manifest_path))
     expected = manifest["files"]
     for name, digest in expected.items():
+        if name not in LAYOUT:
+            raise UserError(f"{manifest_path}: files: {shown(name)} is not a file of the package layout "
+                            f"({', '.join(LAYOUT)})")
+        if not _SHA256.fullmatch(digest):
+            raise UserError(f"{manifest_path}: files.{name}: expected a sha256 hex digest, got {shown(digest)}")
+    for name in REQUIRED:
+        if name not in expected:
+            raise UserError(f"{manifest_path}: files.{name}: missing (every package holds it)")
+    for name, digest in expected.items():
         file = path / name
-        if Path(name).name != name:
-            raise UserError(f"{path / MANIFEST}: file entry {name!r} is not a plain file name")
+        if file.is_dir():
+            raise UserError(f"{file}: is a directory, expected a file of the package")
         if not file.is_file():
             raise UserError(f"{file}: missing from the package")
-        if sha256_file(file) != digest:
+        try:
+            actual = sha256_file(file)
+        except OSError as e:
+            raise UserError(f"{file}: not readable ({e.strerror or e})") from None
+        if actual != digest:
             raise UserError(f"{file}: sha256 does not match the manifest (modified or corrupt)")
     extra = sorted(p.name for p in path.iterdir() if p.name != MANIFEST and p.name not in expected)
     if extra:
@@ -96,31 +115,38 @@ def verify_package(path: str | Path) -> dict[str, Any]:
 
 def load_package(path: str | Path, runtime: str = "torch", model: str = "winner") -> GeneratorPackage:
     """Verify a package and load its ``model`` (``winner``, or ``baseline`` when packaged) for ``runtime``
-    (``torch`` or ``onnxruntime``). Nothing is unpickled: the module is rebuilt from config.json."""
+    (``torch`` or ``onnxruntime``). Nothing is unpickled: the module is rebuilt from config.json.
+
+    Every field read from config.json is checked first (type, range), and the network is sized by its weights
+    file, not by config.json, so an edited package is a one-line :class:`UserError` naming the file and field.
+    """
     if runtime not in RUNTIMES:
         raise UserError(f"--runtime: expected one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if model not in MODELS:
         raise UserError(f"--model: expected one of {', '.join(MODELS)}, got {model!r}")
     path = Path(path)
     verify_package(path)
-    config = read_json(path / CONFIG)
+    config_path = path / CONFIG
+    config = read_json(config_path)
     if not isinstance(config, dict):
-        raise UserError(f"{path / CONFIG}: expected a JSON object")
-    recipe = Recipe.from_dict(config.get("recipe"), source=f"{path / CONFIG}: recipe")
+        raise UserError(f"{config_path}: expected a JSON object, got {shown(config)}")
+    if config.get("format") != FORMAT:
+        raise UserError(f"{config_path}: format: expected {FORMAT!r}, got {shown(config.get('format'))}")
+    recipe = Recipe.from_dict(config.get("recipe"), source=str(config_path))
     weights, onnx_file, source = WEIGHTS, ONNX, config.get("generator")
+    label = str(config_path)
     if model == "baseline":
-        if not isinstance(config.get("baseline"), dict):
+        if "baseline" not in config:
             raise UserError(f"{path}: this package holds no baseline (set package.include_baseline: true)")
+        check_json(config["baseline"], {}, label, "baseline")
         recipe = Recipe("fp32")  # the trained generator as evaluated: eager float
         weights, onnx_file, source = BASELINE_WEIGHTS, BASELINE_ONNX, config["baseline"].get("generator")
-    spec = GeneratorSpec.from_dict(source, source=f"{path / CONFIG}: {model} generator")
+        label = f"{config_path}: baseline"
+    spec = GeneratorSpec.from_dict(source, source=label)
     if runtime == "onnxruntime":
-        return GeneratorPackage(path, spec, recipe, runtime, model, onnx_session=onnx_session(path / onnx_file))
-    generator = build_generator(spec)
-    state = load_weights(path / weights)
-    if spec.pruned:
-        resize_to_state(generator, state)
-    load_state(generator, state, path / weights)
+        session = load_onnx(path / onnx_file, spec.z_dim, (spec.channels, spec.resolution, spec.resolution))
+        return GeneratorPackage(path, spec, recipe, runtime, model, onnx_session=session)
+    generator = generator_from_weights(spec, path / weights)
     # The torch runtime is the recipe's eager module; its runtime step (compiled, onnxruntime) is left out.
-    module = build_variant(recipe, generator.eval(), spec.z_dim, runtime=False)
+    module = build_variant(recipe, generator, spec.z_dim, runtime=False)
     return GeneratorPackage(path, spec, recipe, runtime, model, torch_module=module)

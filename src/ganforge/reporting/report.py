@@ -56,11 +56,36 @@ def headline(key: str) -> bool:
     return "." not in key
 
 
+def _number(value: object) -> bool:
+    # bools are ints to Python, and an integer past a float's range makes division raise OverflowError
+    return isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                        and abs(value) < 2**1023)
+
+
 def relative_change(change: dict) -> float | None:
     old, new = change.get("old"), change.get("new")
-    if not isinstance(old, int | float) or not isinstance(new, int | float) or old == 0:
+    if not _number(old) or not _number(new) or old == 0:
         return None
     return new / old - 1
+
+
+def parse_diff(text: str, command: str) -> dict[str, dict[str, dict]]:
+    """The JSON that ``dvc metrics diff --json`` or ``dvc params diff --json`` printed: file -> key -> change
+    (``old``, ``new``, ...). Anything else is a one-line :class:`UserError` naming ``command`` and the entry."""
+    try:
+        diff = json.loads(text or "{}")
+    except (ValueError, RecursionError) as e:  # ValueError: malformed, or an integer of over 4300 digits
+        raise UserError(f"{command}: malformed JSON output ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(diff, dict):
+        raise UserError(f"{command}: expected a JSON object of files, got {type(diff).__name__}")
+    for path, changes in diff.items():
+        if not isinstance(changes, dict):
+            raise UserError(f"{command}: {path!r}: expected an object of changed keys, got {type(changes).__name__}")
+        for key, change in changes.items():
+            if not isinstance(change, dict):
+                raise UserError(f"{command}: {path!r}: {key!r}: expected an object with old and new, got "
+                                f"{type(change).__name__}")
+    return diff
 
 
 def gate(metrics_diff: dict, budget: Budget) -> list[str]:
@@ -125,8 +150,8 @@ def write_report(repo: str | Path, base: str, out_dir: str | Path, budget: Budge
                       capture_output=True).returncode != 0:
         raise UserError(f"--base {base}: not a git revision of {repo}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_diff = json.loads(_dvc(repo, "metrics", "diff", base, "--all", "--json") or "{}")
-    params_diff = json.loads(_dvc(repo, "params", "diff", base, "--json") or "{}")
+    metrics_diff = parse_diff(_dvc(repo, "metrics", "diff", base, "--all", "--json"), "dvc metrics diff --json")
+    params_diff = parse_diff(_dvc(repo, "params", "diff", base, "--json"), "dvc params diff --json")
     _dvc(repo, "plots", "diff", base, "-o", str(out_dir / "plots"))
     broken = gate(metrics_diff, budget)
     lines = [f"## ganforge: this change against `{base}`", ""]

@@ -35,15 +35,25 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], keep_previous: bool
             os.replace(path, previous_checkpoint(path))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint without unpickling code; a corrupt file is a one-line :class:`UserError`."""
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint without unpickling code; a corrupt file, one that is not a mapping of names, or one
+    lacking a ``required`` key is a one-line :class:`UserError`."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        message = (str(e).strip().splitlines() or [""])[0][:300]  # the unpickler's messages run to many lines
+        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}: {message})") from None
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise UserError(f"{path}: not a ganforge checkpoint (expected a mapping of names, got {type(state).__name__})")
+    for key in required:
+        if key not in state:
+            raise UserError(f"{path}: {key}: missing from the checkpoint")
+    return state
 
 
 def load_latest_checkpoint(path: str | Path) -> tuple[dict[str, Any], Path] | None:
@@ -84,12 +94,17 @@ def capture_rng() -> dict[str, Any]:
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Put back what :func:`capture_rng` captured."""
-    torch.set_rng_state(state["torch"])
-    if state["torch_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+def restore_rng(state: dict[str, Any], source: str = "checkpoint") -> None:
+    """Put back what :func:`capture_rng` captured (read from ``source``); anything else is a one-line
+    :class:`UserError`, since the three libraries each raise their own exception types for a bad state."""
+    try:
+        torch.set_rng_state(state["torch"])
+        if state["torch_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["torch_cuda"])
+        n = state["numpy"]
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        p = state["python"]
+        random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+        message = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{source}: rng: not a captured RNG state ({type(e).__name__}: {message})") from None
