@@ -92,27 +92,12 @@ class _Outputs:
             _remove(tmp)
 
     def commit(self) -> None:
-        """Swap every staged output in; if one swap fails, undo the earlier ones, so none is replaced."""
-        done: list[tuple[Path, Path | None]] = []  # (final path, its previous version moved aside)
+        """Swap every staged output in together (:func:`_swap_in`)."""
         try:
-            for tmp, path in self.staged:
-                aside = None
-                if path.exists() or path.is_symlink():
-                    aside = path.with_name(f".{path.name}.{os.getpid()}.old")
-                    os.replace(path, aside)
-                done.append((path, aside))
-                os.replace(tmp, path)
+            _swap_in(self.staged)
         except BaseException:
-            for path, aside in reversed(done):
-                if aside is not None:
-                    if path.exists() and not path.is_symlink() and path.is_dir():
-                        shutil.rmtree(path, ignore_errors=True)
-                    os.replace(aside, path)  # put the previous version back
             self.discard()
             raise
-        for _, aside in done:
-            if aside is not None:
-                _remove(aside)
 
 
 _ACTIVE_OUTPUTS: contextvars.ContextVar[_Outputs | None] = contextvars.ContextVar("ganforge_outputs", default=None)
@@ -158,12 +143,15 @@ def _remove(path: Path) -> None:
 
 
 def _finish(tmp: Path, path: Path) -> bool:
-    """Move a finished temporary into place, or hand it to the active :func:`replaced_together`; True when
-    handed over (the caller must then leave ``tmp`` alone)."""
+    """Move a finished temporary (file or directory) into place, or hand it to the active
+    :func:`replaced_together`; True when handed over (the caller must then leave ``tmp`` alone)."""
     outputs = _ACTIVE_OUTPUTS.get()
     if outputs is not None and outputs.defer(tmp, path):
         return True
-    os.replace(tmp, path)
+    if tmp.is_dir():
+        _swap_in([(tmp, path)])
+    else:
+        os.replace(tmp, path)  # atomic for a file, whatever was there
     return False
 
 
@@ -186,21 +174,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
-def _swap_dir(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``, moving a previous ``path`` aside first and putting it back on failure."""
-    aside: Path | None = None
+def _swap_in(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each finished temporary onto its path, moving the previous versions aside first; if any rename
+    fails, every path gets its previous version back, so all are replaced or none is."""
+    done: list[tuple[Path, Path | None]] = []  # (path, the hidden folder holding its previous version)
     try:
-        if path.exists() or path.is_symlink():
-            aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent)) / path.name
-            os.replace(path, aside)
-        os.replace(tmp, path)
+        for tmp, path in pairs:
+            aside = None
+            if path.exists() or path.is_symlink():
+                aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+                os.replace(path, aside / path.name)
+            done.append((path, aside))
+            os.replace(tmp, path)
     except BaseException:
-        if aside is not None and (aside.exists() or aside.is_symlink()) and not path.exists():
-            os.replace(aside, path)  # put the previous version back
+        for path, aside in reversed(done):
+            if aside is not None and (aside / path.name).exists():
+                _remove(path)
+                os.replace(aside / path.name, path)  # put the previous version back
         raise
     finally:
-        if aside is not None:
-            shutil.rmtree(aside.parent, ignore_errors=True)
+        for _, aside in done:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -219,10 +214,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     handed_over = False
     try:
         yield tmp
-        outputs = _ACTIVE_OUTPUTS.get()
-        handed_over = outputs is not None and outputs.defer(tmp, path)
-        if not handed_over:
-            _swap_dir(tmp, path)
+        handed_over = _finish(tmp, path)
     finally:
         if not handed_over:
             shutil.rmtree(tmp, ignore_errors=True)
