@@ -22,7 +22,9 @@ def main() -> None:
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.evaluation.evaluate import evaluate
     with replaced_together({"--metrics": (args.metrics, "file"), "--speed": (args.speed, "file"),
-                            "--grid": (args.grid, "file"), "--nearest": (args.nearest, "file")}):
+                            "--grid": (args.grid, "file"), "--nearest": (args.nearest, "file")},
+                           {"--train-dir": args.train_dir, "--data": args.data, "--featurizer": args.featurizer,
+                            "--reference": args.reference}):
         metrics = evaluate(cfg, reference_cfg, args.train_dir, args.data, args.featurizer, args.reference,
                            args.metrics, args.grid, args.nearest, args.speed)
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "

@@ -15,7 +15,8 @@ def main() -> None:
     cfg = load_stage_config(FeaturizerConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.evaluation.features import train_featurizer
-    with replaced_together({"--out": (args.out, "file"), "--metrics": (args.metrics, "file")}):
+    with replaced_together({"--out": (args.out, "file"), "--metrics": (args.metrics, "file")},
+                           {"--data": args.data}):
         metrics = train_featurizer(cfg, data_dir=args.data, out_path=args.out, metrics_path=args.metrics)
     print(f"featurizer: test accuracy {metrics['test_accuracy']:.3f} -> {args.out}")
 

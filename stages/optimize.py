@@ -21,7 +21,9 @@ def main() -> None:
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.optimization.optimize import optimize, summary_lines
     with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file"),
-                            "--table": (args.table, "file")}):
+                            "--table": (args.table, "file")},
+                           {"--train-dir": args.train_dir, "--featurizer": args.featurizer,
+                            "--reference": args.reference}):
         metrics = optimize(cfg, eval_cfg, reference_cfg, args.train_dir, args.featurizer, args.reference, args.out,
                            args.metrics, args.table)
     print("\n".join(summary_lines(metrics, args.out)))

@@ -23,7 +23,9 @@ def main() -> None:
     from ganforge.evaluation.protocol import make_protocol
     from ganforge.packaging.build import write_package
 
-    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file")}):
+    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file")},
+                           {"--optimized": args.optimized, "--data": args.data, "--featurizer": args.featurizer,
+                            "--reference": args.reference}):
         protocol = make_protocol(eval_cfg, reference_cfg, args.reference, args.featurizer)
         metrics = write_package(cfg, protocol, args.optimized, args.data, args.out, args.metrics)
     print(f"package: {metrics['variant']} generator, ONNX parity {metrics['onnx_max_abs_diff']:.2g} "

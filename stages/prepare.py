@@ -14,7 +14,8 @@ def main() -> None:
     cfg = load_stage_config(PrepareConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.data.prepare import prepare
-    with replaced_together({"--out": (args.out, "dir"), "--grid": (args.grid, "file")}):
+    with replaced_together({"--out": (args.out, "dir"), "--grid": (args.grid, "file")},
+                           {"prepare.path": cfg.source_path}):
         manifest = prepare(cfg, out_dir=args.out, grid_path=args.grid)
     print(f"prepare: {manifest['counts']} images at {cfg.resolution}px -> {args.out}")
 

@@ -16,7 +16,8 @@ def main() -> None:
     cfg = load_stage_config(ReferenceConfig, args.params)
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.evaluation.reference import compute_reference
-    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file")}):
+    with replaced_together({"--out": (args.out, "dir"), "--metrics": (args.metrics, "file")},
+                           {"--data": args.data, "--featurizer": args.featurizer}):
         metrics = compute_reference(cfg, args.data, args.featurizer, args.out, args.metrics)
     split = metrics[cfg.split]
     print(f"reference: {cfg.feature_extractor} statistics of {split['count']} {cfg.split} images "

@@ -15,7 +15,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_stage_config(TrainConfig, args.params)
     # Checked, not held back: checkpoints land in --out as training goes, so that a rerun resumes.
-    check_outputs({"--out": (args.out, "dir"), "--live": (args.live, "dir")})
+    check_outputs({"--out": (args.out, "dir"), "--live": (args.live, "dir")},
+                  {"--data": args.data, "--featurizer": args.featurizer})
     # imported once the params are checked, so a mistake in them is reported before torch loads
     from ganforge.distributed import is_main_process
     from ganforge.training.loop import train

@@ -312,3 +312,47 @@ def test_a_message_holding_a_newline_is_still_printed_as_one_line(capsys, reliab
         run_main(fail, "prepare")
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "prepare: error: data/raw/evil\\nname.png: not an image\\r\\x1b[2J\n"
+
+
+def test_a_params_path_that_is_not_a_readable_file_is_one_line(tmp_path, reliability):
+    import os
+
+    os.mkfifo(tmp_path / "fifo.yaml")  # opening it would block for ever
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    cases = {tmp_path / "fifo.yaml": "not a regular file", tmp_path / "loop_a": "Too many levels of symbolic links",
+             tmp_path / ("x" * 300): "File name too long", tmp_path: "is a directory"}
+    for path, problem in cases.items():
+        reliability.bad_input()
+        with pytest.raises(UserError, match=problem) as e:
+            read_params(path)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", [
+    "prepare:\n  test_fraction: [" + ", ".join(
+        ["&l0 [" + ",".join("x" * 9) + "]"] + [f"&l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)])
+    + "]\n",  # a billion laughs: 9^10 leaves, shared by aliases
+    "seed: 0x" + "f" * 5000 + "\n",  # an integer too long for repr()
+    "featurizer:\n  lr: 0b" + "1" * 20000 + "\n",
+    "prepare:\n  source: " + "a" * 300_000 + "\n",  # a 300 kB string
+    "prepare:\n  resolution: 8\n  \x07: 1\n",  # a control character
+])
+def test_a_huge_or_self_multiplying_value_is_a_short_line_at_once(tmp_path, reliability, text):
+    from ganforge.config import STAGE_CONFIGS
+
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    reliability.bad_input()
+    for cls in STAGE_CONFIGS.values():
+        try:
+            load_stage_config(cls, path)
+        except UserError as e:
+            assert "\n" not in str(e) and len(str(e)) < 400, str(e)[:500]
+
+
+def test_merge_keys_are_read_as_dvc_reads_them(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\ntrain:\n  <<: {kimg: 1, batch_size: 32}\n  kimg: 2\n")
+    cfg = load_stage_config(TrainConfig, path)
+    assert (cfg.kimg, cfg.batch_size) == (2.0, 32)

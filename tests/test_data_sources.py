@@ -23,7 +23,7 @@ from PIL import Image
 from ganforge.config import PrepareConfig
 from ganforge.data import decode
 from ganforge.data.decode import BACKGROUNDS, BadImage, DecodeOptions, decode_image
-from ganforge.data.files import infer_layout
+from ganforge.data.files import infer_layout, load_folder
 from ganforge.data.prepare import prepare
 from ganforge.data.prepared import load_split, read_manifest
 from ganforge.errors import UserError
@@ -655,3 +655,59 @@ def test_real_cifar10_jpegs_from_the_shared_archive(tmp_path):
     assert sum(manifest["counts"].values()) + manifest["skipped_count"] == 200
     assert load_split(tmp_path / "prepared", "train").images.shape[1:] == (3, 32, 32)
     assert json.loads((tmp_path / "prepared/manifest.json").read_text()) == read_manifest(tmp_path / "prepared")
+
+
+def _small_png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_zip_link_entry_that_inflates_to_gigabytes_is_skipped_unread(tmp_path, reliability):
+    from ganforge.data.archive import MAX_LINK_BYTES, iter_archive
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(3):
+            zf.writestr(f"img/{i}.png", _small_png(i))
+        link = zipfile.ZipInfo("img/link.png")
+        link.external_attr = 0o120777 << 16  # a symbolic link, whose "target" is 64 MiB of one byte
+        link.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(link, b"a" * (64 << 20))
+    assert archive.stat().st_size < 1 << 20
+    reliability.bad_input()
+    entries = {rel: (data, reason) for rel, data, reason in iter_archive(archive)}
+    assert entries["img/link.png"] == (None, f"link entry too large ({64 << 20} bytes > {MAX_LINK_BYTES})")
+    assert all(entries[f"img/{i}.png"][0] == _small_png(i) for i in range(3))
+
+
+def test_tar_entries_that_are_not_files_are_listed_as_skipped(tmp_path, reliability):
+    from ganforge.data.archive import iter_archive
+
+    archive = tmp_path / "odd.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(2):
+            info = tarfile.TarInfo(f"img/{i}.png")
+            info.size = len(_small_png(i))
+            tar.addfile(info, io.BytesIO(_small_png(i)))
+        for name, kind in (("fifo", tarfile.FIFOTYPE), ("dev", tarfile.CHRTYPE), ("odd", b"Z")):
+            info = tarfile.TarInfo(f"img/{name}")
+            info.type = kind
+            tar.addfile(info)
+    reliability.bad_input(3)
+    entries = {rel: (data, reason) for rel, data, reason in iter_archive(archive)}
+    assert {rel: reason for rel, (_, reason) in entries.items() if reason} == {
+        "img/fifo": "not a regular file", "img/dev": "not a regular file", "img/odd": "not a regular file"}
+
+
+def test_a_file_name_that_is_not_utf8_is_read_like_any_other(tmp_path, reliability):
+    import os
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.png").write_bytes(_small_png(i))
+    os.rename(folder / "5.png", os.path.join(os.fsencode(folder), b"bad\xff\xfe.png"))
+    reliability.bad_input()
+    raw = load_folder(folder, DecodeOptions(8), max_bad_fraction=0.1)
+    assert len(raw.images) == 6 and any("\udcff" in path for path in raw.paths)

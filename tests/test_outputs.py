@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ganforge.errors import UserError
@@ -198,3 +198,76 @@ def test_prepare_whose_grid_fails_keeps_the_previous_prepared_data(tmp_path, mon
     assert second.value.code == 1
     reliability.check_guarded()  # the new data/prepared was held back, so the old one is still whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "params.yaml", "prepared"]
+
+
+def _inputs(name: str) -> dict[str, str]:
+    _, args, outputs = _stage_argv(name)
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    return {flag: path for flag, path in flags.items() if flag not in outputs}
+
+
+OVERLAPS = ([(name, flag, "an input", other) for name, flag in STAGE_OUTPUTS for other in _inputs(name)]
+            + [(name, flag, "another output", other) for name, flag in STAGE_OUTPUTS for other in _stage_argv(name)[2]
+               if other != flag])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from(OVERLAPS), inside=st.booleans())
+def test_an_output_on_an_input_or_another_output_is_refused(tmp_path_factory, monkeypatch, capsys, reliability,
+                                                            case, inside):
+    name, flag, what, other = case
+    root = tmp_path_factory.mktemp("overlap")
+    script, args, outputs = _stage_argv(name)
+    flags = {arg: str(root / value) for arg, value in zip(args[::2], args[1::2], strict=True)}
+    if what == "another output":  # the other output must be of the kind made here, or it is refused as such first
+        other_is_dir, flag_is_dir = not Path(outputs[other]).suffix, not Path(outputs[flag]).suffix
+        assume(other_is_dir if inside else other_is_dir == flag_is_dir)
+    shared = root / "shared"
+    if inside or not Path(outputs[flag]).suffix:  # a folder the output sits in, or a folder output on it
+        shared.mkdir()
+        (shared / "keep.txt").write_text("read, never written\n")
+    else:  # a file output on the very file the other path names
+        shared.write_text("read, never written\n")
+    flags[other] = str(shared)
+    flags[flag] = str(shared / "sub") if inside else str(shared)
+    argv = [word for pair in flags.items() for word in pair]
+    before = _snapshot(root)
+    reliability.bad_input()
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        code = _run_stage(script, argv, patch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"{name}: error: ") and "the path of --" in lines[0], lines
+    assert f"{flag} " in lines[0] and f"{other} " in lines[0], lines  # both paths named
+    assert _snapshot(root) == before  # nothing read is replaced, nothing written
+
+
+def test_a_fifo_at_an_output_path_is_refused_not_replaced(tmp_path, reliability):
+    fifo = tmp_path / "grid.png"
+    os.mkfifo(fifo)
+    reliability.bad_input()
+    with pytest.raises(UserError, match="exists as a special file"):
+        check_output(fifo, "file", "--grid")
+    with pytest.raises(UserError, match="exists as a special file"), atomic_path(fifo):
+        raise AssertionError("the block must not run")
+    assert fifo.is_fifo()
+
+
+def test_prepare_refuses_to_write_into_its_own_source_folder(tmp_path, monkeypatch, capsys, reliability):
+    source = tmp_path / "images"
+    source.mkdir()
+    (source / "0.png").write_bytes(b"an image the user keeps")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 0, "prepare": {"source": "folder", "path": str(source)}}))
+    before = _snapshot(tmp_path)
+    cases = ((source, tmp_path / "g.png"), (tmp_path, tmp_path / "g.png"), (tmp_path / "p", source / "0.png"))
+    for out, grid in cases:
+        reliability.bad_input()
+        argv = ["prepare.py", "--params", str(params), "--out", str(out), "--grid", str(grid)]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(REPO / "stages/prepare.py"), run_name="__main__")
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and "prepare.path" in line, line
+    assert _snapshot(tmp_path) == before

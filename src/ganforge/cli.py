@@ -78,7 +78,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         check_input(args.repo, "dir", "--repo")
         if args.render:
             check_input(args.results, "file", "--results")
-            check_outputs({"--doc": (args.doc, "file")})
+            check_outputs({"--doc": (args.doc, "file")}, inputs={"--results": args.results})
         else:
             doc = {} if args.no_doc else {"--doc": (args.doc, "file")}
             check_outputs({"--results": (args.results, "file"), **doc})

@@ -54,7 +54,7 @@ def parse_augment_policy(policy: str) -> tuple[str, ...]:
     names = tuple(p.strip() for p in policy.split(",") if p.strip())
     for name in names:
         if name not in AUGMENT_POLICIES:
-            raise UserError(f"train.augment: unknown augmentation {name!r} in {policy!r} "
+            raise UserError(f"train.augment: unknown augmentation {shown(name)} in {shown(policy)} "
                             f"(known: {', '.join(AUGMENT_POLICIES)})")
     return names
 
@@ -105,6 +105,11 @@ class PrepareConfig(StageConfig):
     max_images: int | None = _param(None, ge=1, le=2**40)
     max_bad_fraction: float = _param(0.1, ge=0.0, le=1.0)
     hflip: bool = False
+
+    @property
+    def source_path(self) -> str | None:
+        """The path the source reads (``path``), or None for the bundled ``digits``."""
+        return None if self.source == "digits" else self.path
 
     def __post_init__(self) -> None:
         if self.download and self.source not in DOWNLOADABLE_SOURCES:
@@ -167,7 +172,7 @@ class TrainConfig(StageConfig):
     batch_size: int = _param(64, ge=2, le=65536)  # BatchNorm needs two samples per batch
     kimg: float = _param(200.0, gt=0.0, le=_MAX_KIMG)
     loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
-    r1_gamma: float = _param(0.0, ge=0.0)
+    r1_gamma: float = _param(0.0, ge=0.0, le=1e6)
     r1_interval: int = _param(16, ge=1, le=1_000_000)
     d_lr_ratio: float = _param(1.0, gt=0.0, le=100.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -339,7 +344,7 @@ class OptimizeConfig(StageConfig):
     warmup: int = _param(3, ge=0, le=_MAX_REPEATS)
     repeats: int = _param(30, ge=1, le=_MAX_REPEATS)
     threads: int = _param(0, ge=0, le=1024)
-    max_fid_increase: float = _param(0.1, ge=0.0)
+    max_fid_increase: float = _param(0.1, ge=0.0, le=100.0)  # +10000%
     calibration_batches: int = _param(8, ge=1, le=1024)  # the recipe's bound
     int8_backend: Literal["fbgemm", "onednn", "qnnpack", "x86"] = "fbgemm"
     prune_ratio: float = _param(0.8, gt=0.0, lt=1.0)
@@ -370,8 +375,8 @@ class PackageConfig(StageConfig):
     seed: int = 0
     onnx_opset: int = _param(17, ge=11, le=23)
     parity_batch: int = _param(16, ge=1, le=65536)
-    parity_max_abs_diff: float = _param(1e-3, gt=0.0)
-    parity_max_fid_rel_diff: float = _param(0.01, gt=0.0)
+    parity_max_abs_diff: float = _param(1e-3, gt=0.0, le=2.0)  # [-1, 1] images
+    parity_max_fid_rel_diff: float = _param(0.01, gt=0.0, le=1.0)
     grid_size: int = _param(64, ge=1, le=1024)
     include_baseline: bool = False
 
@@ -396,6 +401,8 @@ class _Yaml12Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden here
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 seen = first_line.get(key)
@@ -403,7 +410,7 @@ class _Yaml12Loader(yaml.SafeLoader):
                 break
             if seen is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {seen})", key_node.start_mark)
+                    None, None, f"duplicate key {shown(key)} (first at line {seen})", key_node.start_mark)
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -414,7 +421,8 @@ class _Yaml12Loader(yaml.SafeLoader):
         try:
             return sign * int(digits[2:] if base != 10 else digits, base)
         except ValueError:
-            raise yaml.constructor.ConstructorError(None, None, f"not an integer: {text!r}", node.start_mark) from None
+            problem = f"not an integer: {shown(text)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
     def construct_core_float(self, node: yaml.ScalarNode) -> float:
         text = self.construct_scalar(node).replace("_", "").lower()
@@ -423,7 +431,8 @@ class _Yaml12Loader(yaml.SafeLoader):
         try:
             return math.nan if text == ".nan" else float(text)
         except ValueError:
-            raise yaml.constructor.ConstructorError(None, None, f"not a number: {text!r}", node.start_mark) from None
+            problem = f"not a number: {shown(text)}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 _CORE_SCHEMA = {  # tag -> (pattern, first characters): the YAML 1.2 scalars DVC's reader (ruamel.yaml) resolves
@@ -436,6 +445,7 @@ _CORE_SCHEMA = {  # tag -> (pattern, first characters): the YAML 1.2 scalars DVC
 }
 for _tag, (_pattern, _first) in _CORE_SCHEMA.items():
     _Yaml12Loader.add_implicit_resolver(_tag, re.compile(f"^(?:{_pattern})$"), list(_first))
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])  # as DVC reads it
 _Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _Yaml12Loader.construct_core_int)
 _Yaml12Loader.add_constructor("tag:yaml.org,2002:float", _Yaml12Loader.construct_core_float)
 
@@ -445,6 +455,10 @@ def parse_yaml(text: str, source: str) -> Any:
     the line."""
     try:
         return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.reader.ReaderError as e:  # a control character: it has a position, not a line
+        line = text.count("\n", 0, e.position) + 1 if isinstance(e.position, int) else "unknown"
+        character = f"{e.character:#04x}" if isinstance(e.character, int) else shown(e.character)
+        raise UserError(f"{source}: malformed YAML at line {line}: {e.reason} (character {character})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "unknown line"
@@ -470,7 +484,7 @@ def read_params(path: str | Path) -> dict[str, Any]:
     for key in params:
         if key not in _TOP_LEVEL_FIELDS and key not in STAGE_CONFIGS:
             known = sorted([*_TOP_LEVEL_FIELDS, *STAGE_CONFIGS])
-            raise UserError(f"{path}: unknown top-level key {key!r} (known: {', '.join(known)})")
+            raise UserError(f"{path}: unknown top-level key {shown(key)} (known: {', '.join(known)})")
     return params
 
 
@@ -481,7 +495,7 @@ def load_stage_config(cls: type[C], path: str | Path = "params.yaml") -> C:
     if section is None:
         raise UserError(f"{path}: missing section {cls.SECTION!r}")
     if not isinstance(section, dict):
-        raise UserError(f"{path}: {cls.SECTION}: expected a mapping, got {section!r}")
+        raise UserError(f"{path}: {cls.SECTION}: expected a mapping, got {shown(section)}")
     values = {name: params[name] for name in cls.TOP_LEVEL if name in params}
     for key, value in section.items():
         if key in cls.TOP_LEVEL:
@@ -524,7 +538,7 @@ def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "params
 
 def _printable(key: Any) -> str:
     """A key as it reads in an error line: plain when it is a plain word, else quoted (a newline stays one line)."""
-    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else repr(key)
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else shown(key)
 
 
 def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
@@ -537,15 +551,15 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
     if origin is Literal:
         allowed = typing.get_args(hint)
         if not any(value == a and type(value) is type(a) for a in allowed):  # 1.0 or True is not the choice 1
-            raise UserError(f"{label}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+            raise UserError(f"{label}: expected one of {', '.join(map(repr, allowed))}, got {shown(value)}")
         return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise UserError(f"{label}: expected a list, got {value!r}")
+            raise UserError(f"{label}: expected a list, got {shown(value)}")
         (item_hint, _ellipsis) = typing.get_args(hint)
         items = tuple(_check_value(f"{label}[{i}]", v, item_hint, meta) for i, v in enumerate(value))
         if len(set(items)) != len(items):
-            raise UserError(f"{label}: duplicate entries in {list(value)!r}")
+            raise UserError(f"{label}: duplicate entries in {shown(list(value))}")
         return items
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in typing.get_args(hint):
@@ -553,13 +567,13 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
         (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
     if hint is bool:
         if not isinstance(value, bool):
-            raise UserError(f"{label}: expected true or false, got {value!r}")
+            raise UserError(f"{label}: expected true or false, got {shown(value)}")
         return value
     if hint is int:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)  # 1e3 as YAML 1.2 writes it: an integer in float notation
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{label}: expected an integer, got {value!r}")
+            raise UserError(f"{label}: expected an integer, got {shown(value)}")
     elif hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UserError(f"{label}: expected a number, got {shown(value)}")
@@ -568,12 +582,12 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
         except OverflowError:  # an integer past a float's range
             raise UserError(f"{label}: expected a finite number, got {shown(value)}") from None
         if not math.isfinite(value):
-            raise UserError(f"{label}: expected a finite number, got {value!r}")
+            raise UserError(f"{label}: expected a finite number, got {shown(value)}")
     elif hint is str:
         if not isinstance(value, str):
-            raise UserError(f"{label}: expected a string, got {value!r}")
+            raise UserError(f"{label}: expected a string, got {shown(value)}")
         if "\0" in value:  # no path or name can hold one
-            raise UserError(f"{label}: a NUL character is not allowed, got {value!r}")
+            raise UserError(f"{label}: a NUL character is not allowed, got {shown(value)}")
     else:
         raise AssertionError(f"unsupported config type {hint!r}")
     _check_range(label, value, meta)
@@ -582,9 +596,9 @@ def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any
 
 def _check_range(label: str, value: float, meta: dict[str, Any]) -> None:
     if "choices" in meta and value not in meta["choices"]:
-        raise UserError(f"{label}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        raise UserError(f"{label}: expected one of {', '.join(map(str, meta['choices']))}, got {shown(value)}")
     bounds = (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
               ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))
     for key, sign, ok in bounds:
         if key in meta and not ok(value, meta[key]):
-            raise UserError(f"{label}: expected a value {sign} {meta[key]}, got {value!r}")
+            raise UserError(f"{label}: expected a value {sign} {meta[key]}, got {shown(value)}")

@@ -7,7 +7,9 @@ import contextvars
 import hashlib
 import json
 import os
+import reprlib
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -43,12 +45,18 @@ def check_output(path: str | Path, kind: OutputKind, label: str = "") -> Path:
     the path. Nothing is created."""
     path = Path(path)
     where = f"{label} {path}" if label else str(path)
-    if path.exists() and path.is_dir() != (kind == "dir"):
-        other = _KINDS["file" if kind == "dir" else "dir"]
-        raise UserError(f"{where}: exists as {other}, expected {_KINDS[kind]} (remove it or choose another path)")
-    parent = path.absolute().parent
-    while not parent.exists() and not parent.is_symlink():
-        parent = parent.parent
+    try:
+        if path.exists() and not (path.is_dir() or path.is_file()):  # a FIFO, a device, a socket
+            raise UserError(f"{where}: exists as a special file (FIFO, device or socket), expected {_KINDS[kind]}")
+        if path.exists() and path.is_dir() != (kind == "dir"):
+            other = _KINDS["file" if kind == "dir" else "dir"]
+            raise UserError(f"{where}: exists as {other}, expected {_KINDS[kind]} (remove it or choose another "
+                            "path)")
+        parent = path.absolute().parent
+        while not parent.exists() and not parent.is_symlink():
+            parent = parent.parent
+    except OSError as e:  # a name too long, a symlink loop
+        raise UserError(f"{where}: not a usable path ({e.strerror or e})") from None
     if not parent.is_dir():
         raise UserError(f"{where}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -103,18 +111,31 @@ class _Outputs:
 _ACTIVE_OUTPUTS: contextvars.ContextVar[_Outputs | None] = contextvars.ContextVar("ganforge_outputs", default=None)
 
 
-def check_outputs(outputs: Mapping[str, tuple[str | Path, OutputKind]]) -> None:
-    """:func:`check_output` for each ``label: (path, kind)``."""
+def check_outputs(outputs: Mapping[str, tuple[str | Path, OutputKind]],
+                  inputs: Mapping[str, str | Path | None] | None = None) -> None:
+    """:func:`check_output` for each ``label: (path, kind)``; and no output may be another output, or an input
+    (``label: path``; None for an input not used), or hold one or sit inside one: writing it would replace
+    what is read."""
     for label, (path, kind) in outputs.items():
         check_output(path, kind, label)
+    claimed = [(label, Path(path).resolve()) for label, (path, _) in outputs.items()]
+    read = [(label, Path(path).resolve()) for label, path in (inputs or {}).items() if path is not None]
+    for i, (label, path) in enumerate(claimed):
+        for other, other_path in claimed[:i] + read:
+            if path == other_path or path in other_path.parents or other_path in path.parents:
+                relation = ("is" if path == other_path else "holds" if path in other_path.parents else "is inside")
+                raise UserError(f"{label} {outputs[label][0]}: {relation} the path of {other} ({other_path}); "
+                                "writing it would replace what that names")
 
 
 @contextlib.contextmanager
-def replaced_together(outputs: Mapping[str, tuple[str | Path, OutputKind]]) -> Iterator[None]:
-    """Declare a stage's outputs, ``label: (path, kind)``: each is checked now (:func:`check_output`), and
-    :func:`atomic_path` / :func:`atomic_dir` writes to them inside the block are held back and swapped in together
-    when the block ends. A failure anywhere inside replaces none of them."""
-    check_outputs(outputs)
+def replaced_together(outputs: Mapping[str, tuple[str | Path, OutputKind]],
+                      inputs: Mapping[str, str | Path | None] | None = None) -> Iterator[None]:
+    """Declare a stage's outputs, ``label: (path, kind)``, and the inputs it reads, ``label: path``: they are
+    checked now (:func:`check_outputs`), and :func:`atomic_path` / :func:`atomic_dir` writes to the outputs inside
+    the block are held back and swapped in together when the block ends. A failure anywhere inside replaces none
+    of them."""
+    check_outputs(outputs, inputs)
     state = _Outputs([Path(path) for path, _ in outputs.values()])
     token = _ACTIVE_OUTPUTS.set(state)
     try:
@@ -231,7 +252,10 @@ def read_text(path: str | Path, max_bytes: int = 64 << 20) -> str:
     place, non-UTF-8 bytes or a file over ``max_bytes`` is a :class:`UserError` naming the file."""
     path = Path(path)
     try:
-        with open(current_path(path), "rb") as f:
+        source = current_path(path)
+        if not stat.S_ISREG(source.stat().st_mode) and not source.is_dir():  # a FIFO would block, a device not end
+            raise UserError(f"{path}: not a regular file")
+        with open(source, "rb") as f:
             data = f.read(max_bytes + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
@@ -241,6 +265,8 @@ def read_text(path: str | Path, max_bytes: int = 64 << 20) -> str:
         raise UserError(f"{path}: a parent of this path is a file, not a directory") from None
     except PermissionError:
         raise UserError(f"{path}: not readable (permission denied)") from None
+    except OSError as e:  # a symlink loop, a name too long, an I/O error
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
     if len(data) > max_bytes:
         raise UserError(f"{path}: larger than {max_bytes >> 20} MiB; not a file ganforge wrote")
     try:
@@ -273,9 +299,25 @@ def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's repr (bounded depth, items and string length, so a YAML alias bomb or a 3 MB string costs nothing
+    to show), with integers too long for ``repr`` described instead of raising."""
+
+    def repr_int(self, value: int, level: int) -> str:
+        if value.bit_length() > 200:
+            return f"<an integer of {len(str(value)) if value.bit_length() < 10_000 else 'thousands of'} digits>"
+        return super().repr_int(value, level)
+
+
+_REPR = _BoundedRepr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = _REPR.maxset = 6
+
+
 def shown(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters, for an error line about a value read from a file."""
-    text = repr(value)
+    """A short ``repr(value)``, at most ``limit`` characters, for an error line about a value read from a file;
+    its cost is bounded whatever the value's size or nesting."""
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

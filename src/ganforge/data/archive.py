@@ -20,6 +20,7 @@ from ganforge.errors import UserError
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # No image file is this large; a bigger entry is an archive bomb or not training data, so it is never read.
 MAX_ENTRY_BYTES = 256 * 1024 * 1024
+MAX_LINK_BYTES = 4096  # PATH_MAX: a link's target; a zip "link" entry with a longer body is not a link
 _ENTRY_ERRORS = (OSError, EOFError, RuntimeError, NotImplementedError, zlib.error, zipfile.BadZipFile,
                  tarfile.TarError)
 
@@ -56,15 +57,19 @@ def iter_archive(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]
 def _iter_tar(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            for member in tar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # tarfile keeps every header it read: memory would grow with the entry count
                 rel = _check_member_name(archive, member.name)
+                if member.isdir():
+                    continue
                 if member.issym() or member.islnk():
                     _check_link(archive, member.name, member.linkname, hard=member.islnk())
                     yield rel, None, "link inside the archive (not followed)"
-                elif member.isfile():
-                    if member.size > MAX_ENTRY_BYTES:
-                        yield rel, None, f"entry too large ({member.size} bytes > {MAX_ENTRY_BYTES})"
-                        continue
+                elif not member.isfile():  # a FIFO, a device, an unknown type: listed, never read
+                    yield rel, None, "not a regular file"
+                elif member.size > MAX_ENTRY_BYTES:
+                    yield rel, None, f"entry too large ({member.size} bytes > {MAX_ENTRY_BYTES})"
+                else:
                     handle = tar.extractfile(member)
                     yield rel, handle.read() if handle else b"", None
     except _ENTRY_ERRORS as e:  # a tar stream cannot skip past a broken member
@@ -79,7 +84,16 @@ def _iter_zip(archive: Path) -> Iterator[tuple[str, bytes | None, str | None]]:
                 if info.is_dir():
                     continue
                 if stat.S_ISLNK(info.external_attr >> 16):
-                    _check_link(archive, info.filename, zf.read(info).decode(errors="replace"))
+                    if info.file_size > MAX_LINK_BYTES:  # checked before its body is read: it may inflate to GBs
+                        yield rel, None, f"link entry too large ({info.file_size} bytes > {MAX_LINK_BYTES})"
+                        continue
+                    try:
+                        with zf.open(info) as handle:
+                            target = handle.read(MAX_LINK_BYTES + 1)  # bounded even if the header lies
+                    except _ENTRY_ERRORS as e:
+                        yield rel, None, f"unreadable archive entry ({type(e).__name__}: {e})"
+                        continue
+                    _check_link(archive, info.filename, target.decode(errors="replace"))
                     yield rel, None, "link inside the archive (not followed)"
                     continue
                 if info.file_size > MAX_ENTRY_BYTES:

@@ -80,7 +80,7 @@ def load_files(entries: Iterator[tuple[str, bytes | None, str | None]], source: 
             bad += 1
             continue
         digest = hashlib.sha256(data).hexdigest()
-        listing.update(f"{rel}\0{digest}\n".encode())
+        listing.update(f"{rel}\0{digest}\n".encode("utf-8", "surrogateescape"))  # undecodable names too
         if digest in seen:
             first, first_reason = seen[digest]
             if first_reason is None:

@@ -129,7 +129,8 @@ def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = N
         outputs["--grid"] = (grid_path, "file")
         if out_dir is not None and os.path.abspath(grid_path) == os.path.abspath(out_dir):
             raise UserError(f"--grid {grid_path}: the same path as --out")
-    check_outputs(outputs)
+    for label, output in outputs.items():  # a grid may sit among the PNGs; neither may touch the package
+        check_outputs({label: output}, inputs={"--package": package_dir})
 
     package = load_package(package_dir, runtime, model)
     channels, resolution = package.spec.channels, package.spec.resolution
