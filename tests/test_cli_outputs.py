@@ -82,3 +82,16 @@ def test_bad_paths_are_refused_in_one_line_before_any_work(tmp_path, capsys, no_
 
 def test_the_grid_limit_in_the_help_is_the_one_enforced():
     assert cli.MAX_GRID_IMAGES == generate_module.MAX_GRID_IMAGES
+
+
+def test_a_grid_not_named_png_is_refused(tmp_path, capsys, reliability):
+    from ganforge.cli import main
+
+    (tmp_path / "pkg").mkdir()
+    for name in ("grid.jpg", "grid", "grid.PNG.gif"):
+        reliability.bad_input()
+        with pytest.raises(SystemExit) as exit_:
+            main(["generate", "--package", str(tmp_path / "pkg"), "-n", "4", "--grid", str(tmp_path / name)])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and "give a file name ending in .png" in line, line
+    assert not any(p.name.startswith("grid") for p in tmp_path.iterdir())

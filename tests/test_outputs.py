@@ -35,7 +35,9 @@ def _stage_argv(name: str) -> tuple[Path, list[str], dict[str, str]]:
     script_at = next(i for i, word in enumerate(words) if word.endswith(".py"))
     args = words[script_at + 1:]
     flags = dict(zip(args[::2], args[1::2], strict=True))
-    outputs = {flag: path for flag, path in flags.items() if path in _declared_outputs(PIPELINE[name])}
+    declared = _declared_outputs(PIPELINE[name])  # a flag's path is one of them, or a file inside one
+    outputs = {flag: path for flag, path in flags.items()
+               if any(path == out or path.startswith(f"{out}/") for out in declared)}
     return REPO / words[script_at], args, outputs
 
 

@@ -105,10 +105,14 @@ def main(argv: list[str] | None = None) -> None:
         run(args)
     except (ChildFailedError, SignalException) as e:
         if isinstance(e, ChildFailedError):
-            candidates = [failure.error_file for _, failure in sorted(e.failures.items())]
+            failures = [(_read_record(f.error_file, start_ns), f) for _, f in sorted(e.failures.items())]
+            # A worker that exited on its own without a recorded line crashed: that is the story to show, even if
+            # others then stopped on handled errors (a collective failing because the crashed peer is gone).
+            crashed = any(record is None and failure.exitcode > 0 for record, failure in failures)
+            records = [] if crashed else [record for record, _ in failures if record is not None]
         else:  # the launcher itself was signalled (Ctrl-C): its workers may have said why they stopped
-            candidates = sorted(Path(args.log_dir).rglob("error.json"))
-        records = [r for r in (_read_record(path, start_ns) for path in candidates) if r is not None]
+            found = (_read_record(path, start_ns) for path in sorted(Path(args.log_dir).rglob("error.json")))
+            records = [record for record in found if record is not None]
         if not records:
             held.release()
             raise

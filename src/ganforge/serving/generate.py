@@ -131,6 +131,8 @@ def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = N
             raise UserError(f"--grid {grid_path}: the same path as --out")
     for label, output in outputs.items():  # a grid may sit among the PNGs; neither may touch the package
         check_outputs({label: output}, inputs={"--package": package_dir})
+    if grid_path is not None and Path(grid_path).suffix.lower() != ".png":  # it is written as PNG, whatever the name
+        raise UserError(f"--grid {grid_path}: the grid is a PNG; give a file name ending in .png")
 
     package = load_package(package_dir, runtime, model)
     channels, resolution = package.spec.channels, package.spec.resolution
