@@ -51,6 +51,17 @@ def _run_stage(script: Path, args: list[str], monkeypatch) -> int:
     return exit_.value.code
 
 
+def _refused_in_one_line(script: Path, args: list[str], monkeypatch, capsys, reliability) -> str:
+    """Run the stage on one bad input; it must exit 2 with exactly one stderr line, which is returned."""
+    reliability.bad_input()
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        code = _run_stage(script, args, patch)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    return lines[0]
+
+
 def _snapshot(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
@@ -80,15 +91,10 @@ def test_an_output_of_the_wrong_kind_is_refused_before_any_work(tmp_path_factory
         target.parent.parent.mkdir(parents=True, exist_ok=True)
         target.parent.write_text("a file where a folder should be\n")
     before = _snapshot(root)
-    reliability.bad_input()
-    capsys.readouterr()
-    with monkeypatch.context() as patch:
-        code = _run_stage(script, args, patch)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, lines
+    line = _refused_in_one_line(script, args, monkeypatch, capsys, reliability)
     # the flag itself, or (a shared parent being a file) another output flag of the stage checked before it
-    named = lines[0].removeprefix(f"{name}: error: ").split(" ", 1)[0]
-    assert named == flag if how == "wrong kind" else named in outputs, lines
+    named = line.removeprefix(f"{name}: error: ").split(" ", 1)[0]
+    assert named == flag if how == "wrong kind" else named in outputs, line
     assert _snapshot(root) == before  # nothing written, nothing deleted
 
 
@@ -234,14 +240,9 @@ def test_an_output_on_an_input_or_another_output_is_refused(tmp_path_factory, mo
     flags[flag] = str(shared / "sub") if inside else str(shared)
     argv = [word for pair in flags.items() for word in pair]
     before = _snapshot(root)
-    reliability.bad_input()
-    capsys.readouterr()
-    with monkeypatch.context() as patch:
-        code = _run_stage(script, argv, patch)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, lines
-    assert lines[0].startswith(f"{name}: error: ") and "the path of --" in lines[0], lines
-    assert f"{flag} " in lines[0] and f"{other} " in lines[0], lines  # both paths named
+    line = _refused_in_one_line(script, argv, monkeypatch, capsys, reliability)
+    assert line.startswith(f"{name}: error: ") and "the path of --" in line, line
+    assert f"{flag} " in line and f"{other} " in line, line  # both paths named
     assert _snapshot(root) == before  # nothing read is replaced, nothing written
 
 
