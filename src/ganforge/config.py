@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 
 from ganforge.errors import UserError
-from ganforge.files import read_text, shown
+from ganforge.files import key_label, read_text, shown
 
 _POWERS_OF_TWO = (8, 16, 32, 64, 128, 256)
 # Upper bounds far past any real run, so a slip of the exponent (kimg: 2e30) is refused, not run for ever.
@@ -527,18 +527,13 @@ def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "params
     known = {f.name: f for f in dataclasses.fields(cls)}
     checked = {}
     for key, value in values.items():
-        label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{_printable(key)}"
+        label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{key_label(key)}"
         if key not in known:
             section_keys = sorted(k for k in known if k not in cls.TOP_LEVEL)
             raise UserError(f"{source}: {label}: unknown key (known: {', '.join(section_keys)})")
         meta = dict(known[key].metadata) or _TOP_LEVEL_FIELDS.get(key, {})
         checked[key] = _check_value(f"{source}: {label}", value, hints[key], meta)
     return cls(**checked)
-
-
-def _printable(key: Any) -> str:
-    """A key as it reads in an error line: plain when it is a plain word, else quoted (a newline stays one line)."""
-    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else shown(key)
 
 
 def config_to_dict(cfg: StageConfig) -> dict[str, Any]:

@@ -350,9 +350,14 @@ _JSON_KINDS = {float: ("a number", _is_number),
           POSITIVE: (POSITIVE, lambda v: _is_number(v) and v > 0)}
 
 
+def key_label(key: Any) -> str:
+    """A key as it reads in an error line: plain when it is a plain word, else quoted and bounded (:func:`shown`),
+    so a newline stays one line."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key and key else shown(key)
+
+
 def _field(parent: str, key: str) -> str:
-    name = key if key.isprintable() and key.strip() == key and key else repr(key)  # a newline stays one line
-    return f"{parent}.{name}" if parent else name
+    return f"{parent}.{key_label(key)}" if parent else key_label(key)
 
 
 def check_json(value: Any, shape: Any, source: str, field_name: str = "") -> None:
