@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test reliability lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
-	bench-optimize bench-optimize-cifar bench-serve bench bench-quick
+	bench-optimize bench-optimize-cifar bench-serve bench bench-quick bench-inception \
+	bench-real-data
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install -e '.[test]'
+	$(BIN)/python -m pip install -e '.[test,inception]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -67,6 +68,14 @@ bench-data: $(VENV)/.installed-test
 ## Measure training images/s of seed, dcgan and lite, and 2-process DDP against 1 process.
 bench-train: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/train_throughput.py
+
+## Real-vs-real Inception FIDs of CIFAR-10 (../shared/datasets) and the Inception extractor's speed.
+bench-inception: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/inception_reference.py
+
+## The pipeline from scratch on CIFAR-10 with Inception on: every stage's wall time, peak memory, Inception cost.
+bench-real-data: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/real_data_pipeline.py
 
 ## Train seed and lite on CIFAR-10 (../shared/datasets) for 30 minutes each, side by side, and score both.
 bench-quality: $(VENV)/.installed-test

@@ -3,6 +3,7 @@ bound to docs/benchmarks.md."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -14,6 +15,7 @@ from ganforge.benchmarking.measure import machine, machine_line  # noqa: F401 (r
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs/benchmarks.md"
+DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
 
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
@@ -33,6 +35,24 @@ def save_results(path: Path, results: dict, render: Callable[[dict], None]) -> N
     path.write_text(json.dumps(results, indent=2) + "\n")
     render(results)
     print(json.dumps({k: v for k, v in results.items() if k not in ("rows", "layer_profile_batch256")}, indent=2))
+
+
+def cifar_main(description: str, results_path: Path, run: Callable[[argparse.Namespace, Path], dict],
+               render: Callable[[dict], None], add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+               ) -> None:
+    """The command line of a CIFAR-10 benchmark: ``--archive``, ``--work``, ``--render`` (only regenerate the doc
+    section from the saved results) and the benchmark's own arguments."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
+    parser.add_argument("--render", action="store_true", help="only regenerate the doc section from the results")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    if args.render:
+        render(json.loads(results_path.read_text()))
+        return
+    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), results_path, render)
 
 
 def run_in_work_dir(archive: Path, work: Path | None, run: Callable[[Path], dict], path: Path,

@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 
 from data_path import prepare_archive
-from measure import REPO, machine, machine_line, run_in_work_dir, write_doc_section
-from time_to_quality import DEFAULT_ARCHIVE, _configs
+from measure import REPO, cifar_main, machine, machine_line, write_doc_section
+from time_to_quality import _configs
 
 from ganforge.config import read_params
 
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     train_cfg, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("lite", args.fid_interval_kimg,
                                                                        args.fid_samples)
+    if args.inception:  # screened in domain units, the budget held in Inception FID-10k
+        reference_cfg = dataclasses.replace(reference_cfg, feature_extractor="inception-v3-compat")
     reused = []
     if (work / "prepared/manifest.json").is_file():
         reused.append("prepared data")
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     params = read_params(REPO / "params.yaml")
     cfg = config_from_dict(OptimizeConfig, {k: params[k] for k in OptimizeConfig.TOP_LEVEL} | params["optimize"])
     cfg = dataclasses.replace(cfg, variants=tuple(args.variants), prune_ratio=args.prune_ratio,
+                              fid_units="inception" if args.inception else "domain",
                               int8_backend=args.int8_backend,
                               finetune_kimg=args.finetune_kimg, speed_batches=tuple(sorted({*cfg.speed_batches, 256})))
     print(f"optimizing {len(args.variants) + 1} variants ...", flush=True)
@@ -92,6 +95,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         "best_compressed": {reading: best_compressed(rows, steps) for reading, steps in COMPRESSION_READINGS.items()},
         "distillation": metrics.get("distillation"), "int8_float_layers": metrics.get("int8_float_layers"),
         "skipped": metrics.get("skipped", {}), "failed": metrics.get("failed", {}), "rows": rows,
+        "inception": metrics.get("inception"),
     }
 
 
@@ -141,12 +145,18 @@ def render(results: dict) -> None:
         lines.append(f"| `{name}` | skipped: {why} ||||||||")
     for name, why in results.get("failed", {}).items():
         lines.append(f"| `{name}` | failed to build: {why} ||||||||")
+    if results.get("inception"):
+        i, p = results["inception"], results["inception"]["protocol"]
+        fids = ", ".join(f"`{name}` {fid:.2f}" for name, fid in i["fid_inception_10k"].items())
+        lines += ["", f"The budget held in Inception units: variants screened in domain FID, then scored in "
+                  f"Inception FID-10k ({p['num_samples']:,} samples against {p['reference_count']:,} "
+                  f"{p['reference_split']} images), fastest first, until one met the budget "
+                  f"{i['fid_budget_inception_10k']:.2f}: {fids}. Winner `{results['winner']}`; the Inception "
+                  f"scoring took {i['seconds'] / 60:.1f} minutes."]
     write_doc_section("optimize-cifar", lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=30.0, help="wall time of the lite training run")
     parser.add_argument("--prune-ratio", type=float, default=0.3)
     parser.add_argument("--finetune-kimg", type=float, default=400.0, help="distillation of the pruned generator")
@@ -157,14 +167,9 @@ def main() -> None:
     parser.add_argument("--featurizer-epochs", type=int, default=6)
     parser.add_argument("--fid-interval-kimg", type=float, default=100.0)
     parser.add_argument("--fid-samples", type=int, default=1000)
-    parser.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
-    parser.add_argument("--render", action="store_true", help="only regenerate the doc section from the results")
-    args = parser.parse_args()
-    if args.render:
-        render(json.loads(RESULTS.read_text()))
-        return
-    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), RESULTS, render)
+    parser.add_argument("--no-inception", dest="inception", action="store_false",
+                        help="hold the budget in domain units only (Inception needs pip install -e '.[inception]')")
 
 
 if __name__ == "__main__":
-    main()
+    cifar_main(__doc__, RESULTS, run, render, _arguments)

@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 
 from data_path import prepare_archive
-from measure import REPO, machine, machine_line, run_in_work_dir, write_doc_section
+from measure import DEFAULT_ARCHIVE, REPO, machine, machine_line, run_in_work_dir, write_doc_section
 
 from ganforge.config import read_params
 
 RESULTS = REPO / "bench/time_to_quality.json"
-DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
 ARCHS = ("seed", "lite")
 
 
@@ -78,6 +77,8 @@ def main() -> None:
     parser.add_argument("--fid-interval-kimg", type=float, default=100.0)
     parser.add_argument("--fid-samples", type=int, default=1000)
     parser.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
+    parser.add_argument("--no-inception", dest="inception", action="store_false",
+                        help="skip Inception FID-10k (it needs pip install -e '.[inception]' and about 25 minutes)")
     parser.add_argument("--worker", choices=ARCHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -91,20 +92,31 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     from ganforge.evaluation.evaluate import evaluate
     from ganforge.evaluation.features import train_featurizer
-    from ganforge.evaluation.reference import compute_reference
+    from ganforge.evaluation.reference import compute_reference, extractors
 
     results: dict = {"machine": machine(), "minutes": args.minutes, "threads_per_run": 1,
-                     "fid_interval_kimg": args.fid_interval_kimg, "fid_samples_inloop": args.fid_samples}
-    if not (work / "prepared/manifest.json").is_file():  # a kept --work dir skips what it already holds
+                     "fid_interval_kimg": args.fid_interval_kimg, "fid_samples_inloop": args.fid_samples,
+                     "inception": args.inception}
+    results["reused"] = []  # a kept --work dir skips what it already holds
+    if (work / "prepared/manifest.json").is_file():
+        results["reused"].append("prepared data")
+    else:
         print("preparing CIFAR-10 ...", flush=True)
         prepare_archive(args.archive, work)
     _, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("seed", args.fid_interval_kimg, args.fid_samples)
     featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
-    if not (work / "featurizer.safetensors").is_file():
+    if args.inception:  # the domain figures, and Inception FID-10k beside them
+        reference_cfg = dataclasses.replace(reference_cfg, feature_extractor="inception-v3-compat")
+    if (work / "featurizer.safetensors").is_file():
+        results["reused"].append("featurizer")
+    else:
         print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
         train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
     results["featurizer"] = json.loads((work / "featurizer.json").read_text())
-    if not (work / "reference/reference.json").is_file():
+    if reference_matches(reference_cfg, work):
+        results["reused"].append("reference statistics")
+    else:
+        print(f"reference statistics ({', '.join(extractors(reference_cfg))}) ...", flush=True)
         compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
                           work / "reference-metrics.json")
 
@@ -136,8 +148,22 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "recall": metrics["recall"], "fid_real_floor": metrics["fid_real_floor"],
             "protocol": metrics["protocol"],
             "inloop": inloop_curve(work / arch / "live"),
+            **{k: v for k, v in metrics.items() if "inception" in k},
         }
     return results
+
+
+def reference_matches(reference_cfg, work: Path) -> bool:
+    """Whether ``work`` already holds reference statistics for ``reference_cfg`` (every extractor)."""
+    from ganforge.errors import UserError
+    from ganforge.evaluation.reference import extractors, load_reference
+
+    try:
+        for extractor in extractors(reference_cfg):
+            load_reference(work / "reference", reference_cfg, work / "featurizer.safetensors", extractor)
+    except UserError:
+        return False
+    return True
 
 
 def render(results: dict) -> None:
@@ -147,12 +173,24 @@ def render(results: dict) -> None:
              f"{results['minutes']:.0f} minutes of wall time on CIFAR-10 (50,000 training images, 32×32), with "
              f"the params.yaml train settings and only `arch` changed. FID: the best in-loop generator scored by "
              f"the evaluate protocol ({e['num_samples']} samples against the {e['reference_split']} split, domain "
-             f"features; real-vs-real floor {results[ARCHS[0]]['fid_real_floor']:.2f}).", "",
-             "| arch | kimg reached | train img/s | FID | KID | precision | recall |", "|---|---|---|---|---|---|---|"]
+             f"features; real-vs-real floor {results[ARCHS[0]]['fid_real_floor']:.2f}; featurizer test accuracy "
+             f"{results['featurizer']['test_accuracy']:.3f})."
+             + (f" Reused from an earlier run in the same work directory: {', '.join(results['reused'])}."
+                if results.get("reused") else ""), "",
+             "| arch | kimg reached | train img/s | FID | KID | precision | recall | Inception FID-10k |",
+             "|---|---|---|---|---|---|---|---|"]
     for arch in ARCHS:
         r = results[arch]
+        inception = f"{r['fid_inception_10k']:.2f}" if "fid_inception_10k" in r else "not measured"
         lines.append(f"| `{arch}` (width {r['width']}) | {r['kimg']:.0f} | {r['train_img_per_s']:.0f} | "
-                     f"{r['fid']:.2f} | {r['kid_mean']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} |")
+                     f"{r['fid']:.2f} | {r['kid_mean']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{inception} |")
+    if "protocol_inception_10k" in results[ARCHS[0]]:
+        p = results[ARCHS[0]]["protocol_inception_10k"]
+        lines += ["", f"Inception FID-10k: {p['num_samples']:,} generated images against {p['reference_count']:,} "
+                  f"{p['reference_split']} images (a seeded subset), {p['resize']}; weights: "
+                  f"{p['feature_extractor_source']} (sha256 `{p['feature_extractor_sha256'][:16]}…`). Real-vs-real "
+                  f"floor: {results[ARCHS[0]]['fid_real_floor_inception_10k']:.2f}."]
     lines += ["", f"In-loop FID ({results['fid_samples_inloop']} samples against as many training images) along "
               f"the way:", "", "| arch | minutes | kimg | in-loop FID |", "|---|---|---|---|"]
     for arch in ARCHS:

@@ -30,6 +30,9 @@ def main() -> None:
     print(f"evaluate: FID {metrics['fid']:.3f} (real-vs-real floor {metrics['fid_real_floor']:.3f}), "
           f"precision {metrics['precision']:.3f}, recall {metrics['recall']:.3f}, "
           f"{metrics['img_per_s']:.0f} img/s -> {args.metrics}")
+    for name, value in metrics.items():
+        if name.startswith("fid_inception_"):
+            print(f"evaluate: {name} {value:.3f}")
 
 
 if __name__ == "__main__":

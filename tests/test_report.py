@@ -21,6 +21,8 @@ def _diff(**changes: tuple[float, float]) -> dict:
     ({"img_per_s": (1000.0, 700.0)}, ["img_per_s fell -30.0%"]),
     ({"winner_img_per_s": (1000.0, 5000.0), "winner_fid": (4.0, 4.3)}, ["winner_fid rose +7.5%"]),
     ({"variants.int8.fid": (4.0, 9.0), "kid_mean": (0.1, 0.9)}, []),  # only headline FID and speed are gated
+    ({"fid_inception_10k": (30.0, 33.0)}, ["fid_inception_10k rose +10.0%"]),  # Inception FID is gated too
+    ({"fid_real_floor_inception_10k": (2.0, 3.0)}, []),  # the real-vs-real floor is no generator's quality
 ])
 def test_gate_fails_when_it_should_and_passes_when_it_should(changes, broken):
     lines = gate(_diff(**changes), Budget(max_fid_increase=0.05, max_speed_drop=0.2))

@@ -246,12 +246,13 @@ class ReferenceConfig(StageConfig):
     Args:
         seed: seed of the subset drawn when ``max_samples`` caps a split.
         feature_extractor: ``domain`` (the featurizer stage's network; offline) or ``inception-v3-compat``
-            (torch-fidelity's Inception, comparable with the literature; its weights come from
-            ``inception_weights`` or torch's hub cache, downloaded when online).
+            (the domain network, and torch-fidelity's Inception too, comparable with the literature; its weights
+            come from ``inception_weights``, torch's hub cache, the ``[inception]`` extra offline, or a download).
         inception_weights: a local copy of torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``.
         split: prepared split generated images are compared with; the other split gives the real-vs-real
             floor.
-        max_samples: at most this many images per split (a seeded subset); null = the whole split.
+        max_samples: at most this many images per split (a seeded subset); null = the whole split. It bounds the
+            reference's cost: Inception's extraction, and precision/recall, whose cost grows with its square.
         batch_size: images per feature-extractor batch.
     """
 
@@ -261,7 +262,7 @@ class ReferenceConfig(StageConfig):
     feature_extractor: Literal["domain", "inception-v3-compat"] = "domain"
     inception_weights: str | None = None
     split: Literal["train", "test"] = "train"
-    max_samples: int | None = _param(None, ge=2, le=_MAX_SAMPLES)
+    max_samples: int | None = _param(10_000, ge=2, le=_MAX_SAMPLES)
     batch_size: int = _param(250, ge=1, le=65536)
 
     def __post_init__(self) -> None:
@@ -276,7 +277,9 @@ class EvaluateConfig(StageConfig):
 
     Args:
         seed: seed of the generated latents (torch-fidelity's ``rng_seed``).
-        num_samples: generated images scored against the reference split.
+        num_samples: generated images scored against the reference split in the domain network's features.
+        inception_samples: generated images scored in Inception's features, when the reference has them
+            (``fid_inception_10k`` for 10,000).
         batch_size: images per generator/feature-extractor batch.
         kid_subset_size: KID subset size; at most ``num_samples`` and the reference statistics' image count.
         kid_subsets: number of KID subsets.
@@ -295,6 +298,7 @@ class EvaluateConfig(StageConfig):
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
     num_samples: int = _param(2000, ge=2, le=_MAX_SAMPLES)
+    inception_samples: int = _param(10_000, ge=2, le=_MAX_SAMPLES)
     batch_size: int = _param(250, ge=1, le=65536)
     kid_subset_size: int = _param(1000, ge=2, le=_MAX_SAMPLES)
     kid_subsets: int = _param(100, ge=1, le=_MAX_REPEATS)
@@ -320,6 +324,10 @@ class OptimizeConfig(StageConfig):
         repeats: timed calls per variant; the median is reported.
         threads: intra-op threads while timing; 0 means all cores. The resolved count is recorded.
         max_fid_increase: quality budget, a variant qualifies if FID <= baseline FID * (1 + this).
+        fid_units: the FID the budget is set in. ``domain``: every variant is scored in the domain network's
+            features. ``inception`` (needs ``reference.feature_extractor: inception-v3-compat``): variants are
+            screened in domain units, then the baseline and the fastest screened variants are scored in
+            Inception units (``evaluate.inception_samples``), fastest first, until one meets the budget.
         calibration_batches: batches of latents fed to int8 observers.
         int8_backend: torch.ao quantized engine. ``fbgemm`` is the default because this torch release's
             ``x86`` engine computes quantized ConvTranspose2d wrongly (mean error ~0.58 on [-1, 1] outputs
@@ -345,6 +353,7 @@ class OptimizeConfig(StageConfig):
     repeats: int = _param(30, ge=1, le=_MAX_REPEATS)
     threads: int = _param(0, ge=0, le=1024)
     max_fid_increase: float = _param(0.1, ge=0.0, le=100.0)  # +10000%
+    fid_units: Literal["domain", "inception"] = "domain"
     calibration_batches: int = _param(8, ge=1, le=1024)  # the recipe's bound
     int8_backend: Literal["fbgemm", "onednn", "qnnpack", "x86"] = "fbgemm"
     prune_ratio: float = _param(0.8, gt=0.0, lt=1.0)

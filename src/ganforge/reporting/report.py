@@ -23,9 +23,14 @@ from pathlib import Path
 from ganforge.errors import UserError
 
 GRID = "plots/evaluate/samples.png"
-QUALITY_KEYS = ("fid", "winner_fid")  # lower is better; gated
+QUALITY_KEYS = ("fid", "winner_fid")  # lower is better; gated, with every Inception FID (fid_inception_10k)
 SPEED_KEYS = ("img_per_s", "winner_img_per_s")  # higher is better; gated
 _HIGHLIGHT = QUALITY_KEYS + SPEED_KEYS + ("kid_mean", "precision", "recall", "winner_speedup", "macs_ratio")
+
+
+def quality(key: str) -> bool:
+    """A gated FID: the domain ones, and a generator's Inception FID (not the real-vs-real floor)."""
+    return key in QUALITY_KEYS or key.startswith("fid_inception_")
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def gate(metrics_diff: dict, budget: Budget) -> list[str]:
             rel = relative_change(change)
             if rel is None or not headline(key):
                 continue
-            if key in QUALITY_KEYS and rel > budget.max_fid_increase:
+            if quality(key) and rel > budget.max_fid_increase:
                 broken.append(f"{path}: {key} rose {rel:+.1%} ({change['old']:.4g} -> {change['new']:.4g}), "
                               f"more than the allowed {budget.max_fid_increase:+.0%}")
             if key in SPEED_KEYS and rel < -budget.max_speed_drop:
@@ -119,11 +124,11 @@ def _metric_rows(metrics_diff: dict) -> list[str]:
                 continue  # unchanged per-variant rows would drown the table
             rel = relative_change(change)
             shown = "" if rel is None else f"{rel:+.1%}"
-            if rel is not None and key in QUALITY_KEYS:
+            if rel is not None and quality(key):
                 shown = f"**{shown}** {'worse' if rel > 0 else 'better'}" if abs(rel) > 1e-9 else shown
             if rel is not None and key in SPEED_KEYS:
                 shown = f"**{rel + 1:.2f}×** {'faster' if rel > 0 else 'slower'}" if abs(rel) > 1e-9 else shown
-            name = f"**{key}**" if key in _HIGHLIGHT else key
+            name = f"**{key}**" if key in _HIGHLIGHT or quality(key) else key
             rows.append(f"| `{path}` {name} | {_fmt(change.get('old'))} | {_fmt(change.get('new'))} | {shown} |")
     return rows
 

@@ -21,7 +21,7 @@ from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleW
 
 from ganforge.data.prepared import ImageTensorDataset, PreparedSplit
 from ganforge.errors import UserError
-from ganforge.evaluation.fidelity import UInt8Generator, fidelity_kwargs
+from ganforge.evaluation.fidelity import UInt8Generator, domain_weights, fidelity_kwargs
 from ganforge.images import grid_image, to_uint8
 
 
@@ -37,10 +37,10 @@ class InLoopFID:
     """
 
     def __init__(self, featurizer_path: str | Path, reference: PreparedSplit, num_samples: int, seed: int) -> None:
-        self.featurizer_path = Path(featurizer_path)
-        if not self.featurizer_path.is_file():
-            raise UserError(f"{self.featurizer_path}: featurizer weights not found; the in-loop FID "
+        if not Path(featurizer_path).is_file():
+            raise UserError(f"{featurizer_path}: featurizer weights not found; the in-loop FID "
                             f"(train.fid_interval_kimg) needs the featurizer stage's output")
+        self.featurizer = domain_weights(featurizer_path)
         count = min(num_samples, len(reference))
         rows = np.sort(np.random.default_rng(seed).permutation(len(reference))[:count])
         self.reference = Subset(ImageTensorDataset(reference), rows.tolist())
@@ -60,7 +60,7 @@ class InLoopFID:
             cache_root=self._cache.name,
             cache=True,
             fid=True,
-            **fidelity_kwargs("domain", self.featurizer_path, min(250, self.num_samples), self.seed),
+            **fidelity_kwargs(self.featurizer, min(250, self.num_samples), self.seed),
         )
         return float(raw[torch_fidelity.KEY_METRIC_FID])
 
