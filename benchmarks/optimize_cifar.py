@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data_path import prepare_archive
 from measure import REPO, cifar_main, machine, machine_line, write_doc_section
-from time_to_quality import _configs
+from time_to_quality import _configs, reference_matches
 
 from ganforge.config import read_params
 
@@ -61,9 +61,12 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
         print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
         train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
-    print("reference statistics ...", flush=True)  # always recomputed: cheap, and tied to this code's versions
-    compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
-                      work / "reference-metrics.json")
+    if reference_matches(reference_cfg, work):  # checked against these params, weights and versions
+        reused.append("reference statistics")
+    else:
+        print("reference statistics ...", flush=True)
+        compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
+                          work / "reference-metrics.json")
     lite_dir = work / "lite"
     if (lite_dir / "train/generator-best.safetensors").is_file():
         reused.append("lite generator")
