@@ -9,8 +9,8 @@ the pipeline does. Then, in one run, with torch's threads at the machine's cores
 - speed: the wheel's plain TorchScript module (fp32, NCHW, the input resized beforehand) against ganforge's
   extractor (torch-fidelity's module with the converted weights, batch norms folded, channels_last, chunks of
   16), side by side on the same 100 real images (one batch), with the features' relative difference; bf16
-  autocast of ganforge's extractor; and the ceiling: the forward pass's FLOPs against the fp32 matrix-multiply
-  rate measured in the same run;
+  autocast of ganforge's extractor; its layers under torch.compile and in ONNX Runtime; and the ceiling:
+  the forward pass's FLOPs against the fp32 matrix-multiply rate measured in the same run;
 - bf16's effect on FID: FID in fp32 and in bf16 of the first 100 train images of each class against the first
   100 test images of each class, and of 1,000 samples of each ``--generator`` (a trained generator's
   safetensors, for example a time-to-quality run's) against the same test images;
@@ -77,15 +77,67 @@ def speed(images: torch.Tensor, extractor: torch.nn.Module) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             return extractor(x)[0].float()
 
+    forms = {"plain": plain, "ganforge": ours, "ganforge_bf16": ours_bf16, **other_runtimes(extractor)}
     with torch.no_grad():
-        reference, fast, low = plain(images), ours(images), ours_bf16(images)
+        outputs = {name: fn(images) for name, fn in forms.items()}
     rows = {}
-    for name, fn in (("plain", plain), ("ganforge", ours), ("ganforge_bf16", ours_bf16)):
+    for name, fn in forms.items():
         rows[name] = {"img_per_s": _rate(fn, images)}
-    rows["ganforge"]["rel_diff"] = float((fast - reference).norm() / reference.norm())
-    rows["ganforge_bf16"]["rel_diff"] = float((low - reference).norm() / reference.norm())
+        if name != "plain":
+            rows[name]["rel_diff"] = float((outputs[name] - outputs["plain"]).norm() / outputs["plain"].norm())
     rows["ganforge"]["speedup"] = rows["ganforge"]["img_per_s"] / rows["plain"]["img_per_s"]
     return {"batch": len(images), "rows": rows, "ceiling": ceiling(images[:1], extractor)}
+
+
+_TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+          "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+          "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+
+
+class _Trunk(torch.nn.Module):
+    """ganforge's extractor from its resized, normalised input (B, 3, 299, 299) to pool3 (B, 2048)."""
+
+    def __init__(self, extractor: torch.nn.Module) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(*(getattr(extractor, name) for name in _TRUNK))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).flatten(1)
+
+
+def other_runtimes(extractor: torch.nn.Module) -> dict:
+    """The same layers under torch.compile (inductor) and ONNX Runtime (CPU, all graph optimisations), each
+    after torch-fidelity's TF-exact resize, which stays in torch."""
+    import tempfile
+
+    import onnxruntime as ort
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    trunk = _Trunk(extractor).eval()
+
+    def resized(x: torch.Tensor) -> torch.Tensor:
+        x = interpolate_bilinear_2d_like_tensorflow1x(x.float(), size=(299, 299), align_corners=False)
+        return ((x - 128) / 128).contiguous(memory_format=torch.channels_last)
+
+    compiled = torch.compile(trunk)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = f"{tmp}/inception.onnx"
+        torch.onnx.export(trunk, (torch.zeros(1, 3, 299, 299),), path, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["pool3"], dynamic_axes={"x": {0: "b"}, "pool3": {0: "b"}})
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def onnxruntime(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.from_numpy(session.run(None, {"x": resized(chunk).contiguous().numpy()})[0])
+                          for chunk in x.split(16)])
+
+    def inductor(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([compiled(resized(chunk)) for chunk in x.split(16)])
+
+    return {"ganforge_compiled": inductor, "onnxruntime": onnxruntime}
 
 
 def ceiling(image: torch.Tensor, extractor: torch.nn.Module) -> dict:
@@ -205,7 +257,11 @@ def render(results: dict) -> None:
              f"| ganforge: torch-fidelity's module, batch norms folded, channels_last, chunks of 16 | "
              f"{s['ganforge']['img_per_s']:.1f} ({s['ganforge']['speedup']:.2f}×) | {s['ganforge']['rel_diff']:.1e} |",
              f"| ganforge in bf16 autocast (measured, not used: see below) | "
-             f"{s['ganforge_bf16']['img_per_s']:.1f} | {s['ganforge_bf16']['rel_diff']:.1e} |", "",
+             f"{s['ganforge_bf16']['img_per_s']:.1f} | {s['ganforge_bf16']['rel_diff']:.1e} |",
+             *(f"| ganforge's layers {label}, after the same resize | {s[name]['img_per_s']:.1f} | "
+               f"{s[name]['rel_diff']:.1e} |" for name, label in
+               (("ganforge_compiled", "under torch.compile (inductor)"),
+                ("onnxruntime", "in ONNX Runtime (CPU, all graph optimisations)")) if name in s), "",
              f"The forward pass costs {c['gflop_per_image']:.1f} GFLOP per image (torch's FLOP counter), and this "
              f"machine's fp32 matrix multiply ran at {c['fp32_gemm_gflops']:.0f} GFLOP/s in the same run, so "
              f"convolutions that do every multiply-add in fp32 cannot pass {c['img_per_s']:.1f} images/s here; "
