@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     from ganforge.optimization.optimize import optimize
     from ganforge.training.loop import train
 
-    train_cfg, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("lite", args.fid_interval_kimg,
+    train_cfg, featurizer_cfg, reference_cfg, evaluate_cfg = _configs({"arch": "lite"}, args.fid_interval_kimg,
                                                                        args.fid_samples)
     if args.inception:  # screened in domain units, the budget held in Inception FID-10k
         reference_cfg = dataclasses.replace(reference_cfg, feature_extractor="inception-v3-compat")

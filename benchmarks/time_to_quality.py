@@ -1,12 +1,19 @@
-"""Time to quality on real data: train ``seed`` and ``lite`` on CIFAR-10 for the same wall time, then score both.
+"""Time to quality on real data: train generators on CIFAR-10 for the same wall time, then score each.
 
-    python benchmarks/time_to_quality.py [--minutes 30] [--archive ../shared/datasets/cifar10-jpeg.tar.gz]
+    python benchmarks/time_to_quality.py [--minutes 30] [--work DIR] [--run NAME=key=value,...]
 
 The CIFAR-10 JPEG archive is prepared at 32x32 and the domain featurizer trained on it (as the pipeline
-does). Then both architectures train side by side, at the same time, one thread each, for ``--minutes`` of
-wall time with the params.yaml train settings (only ``arch`` differs), logging an in-loop FID. Each
-generator with the best in-loop FID is then scored by the evaluate stage's protocol. Results go to
-bench/time_to_quality.json and the generated section of docs/benchmarks.md.
+does). Then the runs train side by side, at the same time, one thread each, for ``--minutes`` of wall time
+with the params.yaml train settings plus each run's own overrides, logging an in-loop FID. The default runs
+are ``seed`` and ``lite`` (only ``arch`` set); ``--run`` adds one, for example
+``--run r3=arch=lite,loss=rpgan,r1_gamma=0.1``. Each generator with the best in-loop FID is then scored by
+the evaluate protocol, in domain features and in Inception FID-10k.
+
+A ``--work`` directory keeps every step; a later call reuses what it holds (the prepared data, the
+featurizer, matching reference statistics, finished runs of the same length and their scores), so a new run
+can be measured beside earlier ones without training those again. Keep the runs that train at the same time
+to the machine's core count. Results go to bench/time_to_quality.json and the generated section of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from measure import DEFAULT_ARCHIVE, REPO, machine, machine_line, run_in_work_di
 from ganforge.config import read_params
 
 RESULTS = REPO / "bench/time_to_quality.json"
-ARCHS = ("seed", "lite")
+DEFAULT_RUNS = {"seed": {"arch": "seed"}, "lite": {"arch": "lite"}}
 
 
-def _configs(arch: str, fid_interval_kimg: float, fid_samples: int) -> tuple:
+def _configs(run: dict, fid_interval_kimg: float, fid_samples: int) -> tuple:
+    """(train, featurizer, reference, evaluate) configs: params.yaml with ``run``'s train overrides."""
     from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, TrainConfig, config_from_dict
 
     params = read_params(REPO / "params.yaml")
@@ -38,23 +46,35 @@ def _configs(arch: str, fid_interval_kimg: float, fid_samples: int) -> tuple:
         return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION] | overrides)
 
     # An endless budget: the time limit ends the run. Checkpoints are rare; they are not what is measured.
-    train_cfg = load(TrainConfig, arch=arch, kimg=1e6, checkpoint_kimg=1e5, fid_interval_kimg=fid_interval_kimg,
+    train_cfg = load(TrainConfig, **run, kimg=1e6, checkpoint_kimg=1e5, fid_interval_kimg=fid_interval_kimg,
                      fid_samples=fid_samples, snapshot_kimg=fid_interval_kimg, device="cpu")
     return train_cfg, load(FeaturizerConfig), load(ReferenceConfig), load(EvaluateConfig, generator="best")
 
 
-def worker(arch: str, work: Path, minutes: float, fid_interval_kimg: float, fid_samples: int) -> None:
+def parse_run(text: str) -> tuple[str, dict]:
+    """``NAME=key=value,key=value`` -> (NAME, {key: value}), each value read as YAML (``0.1``, ``true``)."""
+    import yaml
+
+    name, _, settings = text.partition("=")
+    pairs = [item.partition("=") for item in settings.split(",") if item]
+    if not name or any(not key or not sep for key, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"--run {text!r}: expected NAME=key=value,key=value")
+    return name, {key: yaml.safe_load(value) for key, _, value in pairs}
+
+
+def worker(name: str, run: dict, work: Path, minutes: float, fid_interval_kimg: float, fid_samples: int) -> None:
     """One training run, one thread, stopped by the time limit (run in its own process)."""
     import torch
 
     from ganforge.training.loop import train
 
     torch.set_num_threads(1)
-    cfg, *_ = _configs(arch, fid_interval_kimg, fid_samples)
-    result = train(cfg, work / "prepared", work / arch / "train", work / arch / "live",
+    cfg, *_ = _configs(run, fid_interval_kimg, fid_samples)
+    result = train(cfg, work / "prepared", work / name / "train", work / name / "live",
                    featurizer_path=work / "featurizer.safetensors", time_limit_s=minutes * 60)
-    (work / arch / "result.json").write_text(json.dumps({"kimg": result.cur_nimg / 1000,
-                                                         "train_img_per_s": result.train_img_per_s}))
+    (work / name / "result.json").write_text(json.dumps({"kimg": result.cur_nimg / 1000,
+                                                         "train_img_per_s": result.train_img_per_s,
+                                                         "overrides": run}))
 
 
 def inloop_curve(live_dir: Path) -> list[dict]:
@@ -79,11 +99,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep intermediate files here (default: a temp dir)")
     parser.add_argument("--no-inception", dest="inception", action="store_false",
                         help="skip Inception FID-10k (it needs pip install -e '.[inception]' and about 25 minutes)")
-    parser.add_argument("--worker", choices=ARCHS, help=argparse.SUPPRESS)
+    parser.add_argument("--run", type=parse_run, action="append", default=[], metavar="NAME=key=value,...",
+                        help="a run beside seed and lite: train settings over params.yaml (repeatable)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.work, args.minutes, args.fid_interval_kimg, args.fid_samples)
+        worker(args.worker, args.overrides, args.work, args.minutes, args.fid_interval_kimg, args.fid_samples)
         return
+    args.runs = DEFAULT_RUNS | dict(args.run)
     run_in_work_dir(args.archive, args.work, lambda work: run(args, work), RESULTS, render)
 
 
@@ -103,7 +127,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     else:
         print("preparing CIFAR-10 ...", flush=True)
         prepare_archive(args.archive, work)
-    _, featurizer_cfg, reference_cfg, evaluate_cfg = _configs("seed", args.fid_interval_kimg, args.fid_samples)
+    _, featurizer_cfg, reference_cfg, evaluate_cfg = _configs({}, args.fid_interval_kimg, args.fid_samples)
     featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
     if args.inception:  # the domain figures, and Inception FID-10k beside them
         reference_cfg = dataclasses.replace(reference_cfg, feature_extractor="inception-v3-compat")
@@ -120,37 +144,68 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
                           work / "reference-metrics.json")
 
-    print(f"training {' and '.join(ARCHS)} side by side for {args.minutes} min each ...", flush=True)
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    procs = {}
-    for arch in ARCHS:
-        (work / arch).mkdir(exist_ok=True)
-        cmd = [sys.executable, __file__, "--worker", arch, "--work", str(work), "--minutes", str(args.minutes),
-               "--fid-interval-kimg", str(args.fid_interval_kimg), "--fid-samples", str(args.fid_samples)]
-        log = (work / arch / "log.txt").open("w")
-        procs[arch] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    start = time.perf_counter()
-    for arch, proc in procs.items():
-        if proc.wait() != 0:
-            sys.exit(f"training {arch} failed:\n{(work / arch / 'log.txt').read_text()[-4000:]}")
-    results["wall_s_both"] = round(time.perf_counter() - start)
+    fresh = {name: run for name, run in args.runs.items() if not trained(work / name, run, args.minutes)}
+    results["reused"] += [f"the {name} run" for name in args.runs if name not in fresh]
+    results["wall_s_side_by_side"] = train_side_by_side(args, work, fresh) if fresh else None
 
-    for arch in ARCHS:
-        train_cfg, *_ = _configs(arch, args.fid_interval_kimg, args.fid_samples)
-        print(f"scoring {arch} ...", flush=True)
-        metrics = evaluate(evaluate_cfg, reference_cfg, work / arch / "train", work / "prepared",
-                           work / "featurizer.safetensors", work / "reference", work / arch / "evaluate.json",
-                           work / arch / "samples.png", work / arch / "nearest.png", work / arch / "speed.json")
-        results[arch] = {
-            "width": train_cfg.width,
-            **json.loads((work / arch / "result.json").read_text()),
+    results["runs"] = list(args.runs)
+    for name, run in args.runs.items():
+        train_cfg, *_ = _configs(run, args.fid_interval_kimg, args.fid_samples)
+        scored = work / name / "evaluate.json"
+        if name not in fresh and scored.is_file() and _inception_as_asked(scored, args.inception):
+            results["reused"].append(f"the {name} run's scores")
+        else:
+            print(f"scoring {name} ...", flush=True)
+            evaluate(evaluate_cfg, reference_cfg, work / name / "train", work / "prepared",
+                     work / "featurizer.safetensors", work / "reference", scored, work / name / "samples.png",
+                     work / name / "nearest.png", work / name / "speed.json")
+        metrics = json.loads(scored.read_text())
+        results[name] = {
+            "overrides": run, "width": train_cfg.width,
+            **{k: v for k, v in json.loads((work / name / "result.json").read_text()).items() if k != "overrides"},
             "fid": metrics["fid"], "kid_mean": metrics["kid_mean"], "precision": metrics["precision"],
             "recall": metrics["recall"], "fid_real_floor": metrics["fid_real_floor"],
             "protocol": metrics["protocol"],
-            "inloop": inloop_curve(work / arch / "live"),
+            "inloop": inloop_curve(work / name / "live"),
             **{k: v for k, v in metrics.items() if "inception" in k},
         }
     return results
+
+
+def _inception_as_asked(scored: Path, inception: bool) -> bool:
+    """Whether a kept evaluate.json has the Inception figures exactly when this call asks for them."""
+    return ("fid_inception_10k" in json.loads(scored.read_text())) == inception
+
+
+def train_side_by_side(args: argparse.Namespace, work: Path, runs: dict[str, dict]) -> int:
+    """Train ``runs`` at the same time, one thread each, for ``args.minutes``; the wall time in seconds."""
+    print(f"training {' and '.join(runs)} side by side for {args.minutes} min each ...", flush=True)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    procs = {}
+    for name, run in runs.items():
+        (work / name).mkdir(exist_ok=True)
+        for stale in ("result.json", "evaluate.json"):
+            (work / name / stale).unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--worker", name, "--overrides", json.dumps(run), "--work", str(work),
+               "--minutes", str(args.minutes), "--fid-interval-kimg", str(args.fid_interval_kimg),
+               "--fid-samples", str(args.fid_samples)]
+        log = (work / name / "log.txt").open("w")
+        procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    start = time.perf_counter()
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            sys.exit(f"training {name} failed:\n{(work / name / 'log.txt').read_text()[-4000:]}")
+    return round(time.perf_counter() - start)
+
+
+def trained(run_dir: Path, run: dict, minutes: float) -> bool:
+    """Whether ``run_dir`` holds a finished run of these overrides that trained for ``minutes``."""
+    if not (run_dir / "result.json").is_file() or not (run_dir / "train/generator-best.safetensors").is_file():
+        return False
+    recorded = json.loads((run_dir / "result.json").read_text()).get("overrides", {"arch": run_dir.name})
+    with (run_dir / "live/plots/metrics/elapsed_min.tsv").open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return recorded == run and bool(rows) and float(rows[-1]["elapsed_min"]) >= 0.99 * minutes
 
 
 def reference_matches(reference_cfg, work: Path) -> bool:
@@ -167,35 +222,45 @@ def reference_matches(reference_cfg, work: Path) -> bool:
 
 
 def render(results: dict) -> None:
-    e = results[ARCHS[0]]["protocol"]
+    runs = results.get("runs", list(DEFAULT_RUNS))
+    first = results[runs[0]]
+    e = first["protocol"]
     lines = [machine_line(results["machine"]), "",
-             f"Both runs trained at the same time, {results['threads_per_run']} thread each, for "
+             f"Every run trained with {results['threads_per_run']} thread, side by side with another, for "
              f"{results['minutes']:.0f} minutes of wall time on CIFAR-10 (50,000 training images, 32×32), with "
-             f"the params.yaml train settings and only `arch` changed. FID: the best in-loop generator scored by "
-             f"the evaluate protocol ({e['num_samples']} samples against the {e['reference_split']} split, domain "
-             f"features; real-vs-real floor {results[ARCHS[0]]['fid_real_floor']:.2f}; featurizer test accuracy "
+             f"the params.yaml train settings and the run's own overrides. FID: the best in-loop generator scored "
+             f"by the evaluate protocol ({e['num_samples']} samples against the {e['reference_split']} split, "
+             f"domain features; real-vs-real floor {first['fid_real_floor']:.2f}; featurizer test accuracy "
              f"{results['featurizer']['test_accuracy']:.3f})."
-             + (f" Reused from an earlier run in the same work directory: {', '.join(results['reused'])}."
+             + (f" Reused from an earlier call in the same work directory: {', '.join(results['reused'])}."
                 if results.get("reused") else ""), "",
-             "| arch | kimg reached | train img/s | FID | KID | precision | recall | Inception FID-10k |",
-             "|---|---|---|---|---|---|---|---|"]
-    for arch in ARCHS:
-        r = results[arch]
+             "| run | overrides | kimg reached | train img/s | FID | KID | precision | recall | Inception FID-10k |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in runs:
+        r = results[name]
+        overrides = ", ".join(f"`{k}={v}`" for k, v in r.get("overrides", {"arch": name}).items())
         inception = f"{r['fid_inception_10k']:.2f}" if "fid_inception_10k" in r else "not measured"
-        lines.append(f"| `{arch}` (width {r['width']}) | {r['kimg']:.0f} | {r['train_img_per_s']:.0f} | "
+        lines.append(f"| `{name}` | {overrides} | {r['kimg']:.0f} | {r['train_img_per_s']:.0f} | "
                      f"{r['fid']:.2f} | {r['kid_mean']:.4f} | {r['precision']:.3f} | {r['recall']:.3f} | "
                      f"{inception} |")
-    if "protocol_inception_10k" in results[ARCHS[0]]:
-        p = results[ARCHS[0]]["protocol_inception_10k"]
+    if "protocol_inception_10k" in first:
+        p = first["protocol_inception_10k"]
         lines += ["", f"Inception FID-10k: {p['num_samples']:,} generated images against {p['reference_count']:,} "
                   f"{p['reference_split']} images (a seeded subset), {p['resize']}; weights: "
                   f"{p['feature_extractor_source']} (sha256 `{p['feature_extractor_sha256'][:16]}…`). Real-vs-real "
-                  f"floor: {results[ARCHS[0]]['fid_real_floor_inception_10k']:.2f}."]
-    lines += ["", f"In-loop FID ({results['fid_samples_inloop']} samples against as many training images) along "
-              f"the way:", "", "| arch | minutes | kimg | in-loop FID |", "|---|---|---|---|"]
-    for arch in ARCHS:
-        lines += [f"| `{arch}` | {p['minutes']:.1f} | {p['kimg']:.0f} | {p['fid_inloop']:.2f} |"
-                  for p in results[arch]["inloop"]]
+                  f"floor: {first['fid_real_floor_inception_10k']:.2f}."]
+    lines += ["", f"In-loop FID ({results['fid_samples_inloop']} samples against as many training images, domain "
+              f"features) along the way, then each run's best point against its last:", "",
+              "| run | minutes | kimg | in-loop FID |", "|---|---|---|---|"]
+    for name in runs:
+        curve = results[name]["inloop"]
+        lines += [f"| `{name}` | {p['minutes']:.1f} | {p['kimg']:.0f} | {p['fid_inloop']:.2f} |" for p in curve]
+    lines += ["", "| run | best in-loop FID | at minute | last | last / best |", "|---|---|---|---|---|"]
+    for name in runs:
+        curve = results[name]["inloop"]
+        best = min(curve, key=lambda p: p["fid_inloop"])
+        lines.append(f"| `{name}` | {best['fid_inloop']:.2f} | {best['minutes']:.1f} | {curve[-1]['fid_inloop']:.2f} "
+                     f"| {curve[-1]['fid_inloop'] / best['fid_inloop']:.2f} |")
     write_doc_section("time-to-quality", lines)
 
 

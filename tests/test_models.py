@@ -42,6 +42,15 @@ def test_spectral_norm_replaces_batchnorm_in_d():
     assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
 
 
+@pytest.mark.parametrize("arch", ["seed", "dcgan", "lite"])
+def test_d_without_batchnorm_judges_each_image_on_its_own(arch):
+    d = build_discriminator(arch, 32, 3, batchnorm=False).train()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # in training mode too, an image's logit does not depend on the rest of its batch
+        assert torch.allclose(d(x)[:2], d(x[:2]), atol=1e-5)
+
+
 def test_width_is_checked():
     with pytest.raises(UserError, match="seed architecture keeps the article's widths"):
         GeneratorSpec.from_dict({"arch": "seed", "z_dim": 8, "resolution": 16, "channels": 1, "width": 2.0})

@@ -61,7 +61,17 @@ def test_ema_half_life():
     torch.nn.init.zeros_(net.weight)
     ema = GeneratorEMA(net, half_life_kimg=1.0)
     torch.nn.init.ones_(net.weight)
-    ema.update(net, batch_nimg=1000)  # one half-life: halfway from 0 to 1
+    ema.update(net, batch_nimg=1000, cur_nimg=1000)  # one half-life: halfway from 0 to 1
+    assert ema.average.weight.item() == pytest.approx(0.5)
+
+
+def test_ema_rampup_caps_the_half_life_early_in_a_run():
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = GeneratorEMA(net, half_life_kimg=10.0, rampup=0.05)
+    assert ema.half_life_nimg(1000) == pytest.approx(50.0) and ema.half_life_nimg(10**6) == pytest.approx(10_000)
+    torch.nn.init.ones_(net.weight)
+    ema.update(net, batch_nimg=50, cur_nimg=1000)  # capped at 50 images: one half-life, not 1/200 of one
     assert ema.average.weight.item() == pytest.approx(0.5)
 
 
@@ -80,11 +90,11 @@ def _interrupt_at(monkeypatch, loop, call: int) -> None:
     """Make the ``call``-th G loss raise KeyboardInterrupt, as Ctrl-C would mid-step."""
     real_loss, calls = loop.generator_loss, {"n": 0}
 
-    def interrupted(kind, logits):
+    def interrupted(*args):
         calls["n"] += 1
         if calls["n"] == call:
             raise KeyboardInterrupt
-        return real_loss(kind, logits)
+        return real_loss(*args)
 
     monkeypatch.setattr(loop, "generator_loss", interrupted)
 
@@ -253,6 +263,16 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
     for key in ("generator", "discriminator", "generator_ema"):
         assert all(torch.equal(final[key][k], straight[key][k]) for k in straight[key])
     assert final["ada"] == straight["ada"] and final["best"]["fid"] == straight["best"]["fid"]
+    # The time-to-quality curve spans the whole run, the points from before the kill included.
+    def curve(points: list[dict]) -> list[tuple[float, float]]:
+        return [(p["kimg"], p["fid_inloop"]) for p in points]
+
+    assert len(curve(straight["progress"]["curve"])) == 4  # at 2, 4, 6 and 8 kimg
+    assert curve(final["progress"]["curve"]) == curve(straight["progress"]["curve"])
+    plotted = json.loads((tmp_path / "killed_live/plots/custom/fid_inloop.json").read_text())
+    assert curve(plotted) == curve(straight["progress"]["curve"])
+    assert all(a["minutes"] < b["minutes"] for a, b in zip(plotted, plotted[1:], strict=False))  # from step 0
+    assert final["progress"]["trained_s"] >= 60 * plotted[-1]["minutes"]
     for key in ("sched_g", "sched_d"):
         assert final[key] == straight[key]
 
@@ -278,9 +298,9 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_checkpoint(tmp_path, tiny_run
     real_loss = loop.generator_loss
     calls = {"n": 0}
 
-    def poisoned(kind, logits):
+    def poisoned(*args):
         calls["n"] += 1
-        return real_loss(kind, logits) * (float("nan") if calls["n"] == 20 else 1.0)
+        return real_loss(*args) * (float("nan") if calls["n"] == 20 else 1.0)
 
     monkeypatch.setattr(loop, "generator_loss", poisoned)
     reliability.fault()
@@ -306,6 +326,8 @@ def test_raising_kimg_after_a_finished_run_continues_it_exactly(tmp_path, tiny_r
 
 @pytest.mark.parametrize("arch, options", [
     ("dcgan", {"loss": "hinge", "r1_gamma": 1.0, "r1_interval": 2, "d_spectral_norm": True, "width": 0.25}),
+    ("lite", {"loss": "rpgan", "r1_gamma": 0.5, "r2_gamma": 0.5, "r1_interval": 2, "ema_rampup": 0.05,
+              "augment": "color,translation", "width": 0.25}),
     ("lite", {"precision": "bf16", "channels_last": True, "d_lr_ratio": 2.0, "augment": "translation"}),
 ])
 def test_every_architecture_and_option_trains(tmp_path, tiny_run, tiny_configs, arch, options):
@@ -323,7 +345,7 @@ def test_every_architecture_and_option_trains(tmp_path, tiny_run, tiny_configs, 
     assert lr_d == pytest.approx([g * cfg.d_lr_ratio for g in lr_g])
     for name in ("grad_norm_g", "grad_norm_d", "d_real", "d_fake", "img_per_s"):
         assert (metrics / f"{name}.tsv").is_file(), name
-    if cfg.r1_gamma:
+    if cfg.r1_gamma or cfg.r2_gamma:
         r1 = [float(r.split("\t")[1]) for r in (metrics / "loss_r1.tsv").read_text().splitlines()[1:]]
         assert any(v > 0 for v in r1)
 
@@ -343,18 +365,27 @@ def test_warmup_then_cosine_schedule():
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
 
 
-def test_hinge_and_nonsaturating_losses_and_r1():
-    from ganforge.training.losses import discriminator_loss, generator_loss, r1_penalty
+def test_hinge_nonsaturating_and_rpgan_losses_and_the_gradient_penalty():
+    from ganforge.training.losses import discriminator_loss, generator_loss, gradient_penalty
 
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     assert discriminator_loss("hinge", real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
     assert generator_loss("hinge", fake).item() == pytest.approx(1.0)
     assert discriminator_loss("nonsaturating", real, fake).item() == pytest.approx(
         (torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean()).item())
+    # rpgan pairs the i-th real with the i-th fake: softplus(-(2 - -2)) and softplus(-(0.5 - 0)).
+    softplus = torch.nn.functional.softplus
+    assert discriminator_loss("rpgan", real, fake).item() == pytest.approx(
+        (softplus(torch.tensor(-4.0)) + softplus(torch.tensor(-0.5))).item() / 2)
+    assert generator_loss("rpgan", fake, real).item() == pytest.approx(
+        (softplus(torch.tensor(4.0)) + softplus(torch.tensor(0.5))).item() / 2)
+    # A relativistic loss sees only differences: shifting every logit by the same amount changes nothing.
+    assert discriminator_loss("rpgan", real + 7, fake + 7).item() == pytest.approx(
+        discriminator_loss("rpgan", real, fake).item())
     # D(x) = <w, x> has gradient w everywhere, so R1 = ||w||^2 for every sample.
     w = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]])
     x = torch.randn(3, 1, 2, 2, requires_grad=True)
-    assert r1_penalty((x * w).sum(dim=(1, 2, 3)), x).item() == pytest.approx(w.square().sum().item())
+    assert gradient_penalty((x * w).sum(dim=(1, 2, 3)), x).item() == pytest.approx(w.square().sum().item())
 
 
 def test_inloop_fid_keeps_the_best_generator_and_logs_grids(tiny_run, tiny_configs):
@@ -364,6 +395,9 @@ def test_inloop_fid_keeps_the_best_generator_and_logs_grids(tiny_run, tiny_confi
     rows = (tiny_run.live_dir / "plots/metrics/fid_inloop.tsv").read_text().splitlines()[1:]
     fids = [float(r.split("\t")[1]) for r in rows]
     assert len(fids) >= 3 and summary["best_fid_inloop"] == min(fids)
+    curve = json.loads((tiny_run.live_dir / "plots/custom/fid_inloop.json").read_text())  # time to quality
+    assert [p["fid_inloop"] for p in curve] == pytest.approx(fids)
+    assert curve[-1]["kimg"] == summary["cur_nimg"] / 1000 and curve[-1]["minutes"] > 0
     assert trained_generator_path(tiny_run.train_dir, "best").name == "generator-best.safetensors"
     best = load_checkpoint(tiny_run.train_dir / "checkpoint.pt")["best"]
     generator, _ = load_generator(tiny_run.train_dir / "generator-best.safetensors")

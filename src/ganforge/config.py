@@ -131,9 +131,12 @@ class TrainConfig(StageConfig):
         z_dim: latent size.
         batch_size: real images per D step, summed over all ranks (each rank takes batch_size / nproc).
         kimg: training length in thousands of real images shown to D.
-        loss: ``nonsaturating`` (the original GAN loss) or ``hinge``.
+        loss: ``nonsaturating`` (the original GAN loss), ``hinge`` or ``rpgan`` (the relativistic pairing
+            loss of R3GAN: each fake is scored against a real).
         r1_gamma: weight of the R1 gradient penalty on reals (Mescheder et al., 2018); 0 turns it off.
-        r1_interval: lazy regularisation: apply R1 every this many D steps, scaled up to match.
+        r2_gamma: weight of the R2 gradient penalty on generated images (R3GAN pairs it with R1 at the same
+            weight); 0 turns it off.
+        r1_interval: lazy regularisation: apply R1 and R2 every this many D steps, scaled up to match.
         d_lr_ratio: D's learning rate as a multiple of ``lr`` (two time-scale update rule).
         lr_schedule: after warm-up, ``constant`` or ``cosine`` decay to zero at ``kimg``.
         warmup_kimg: linear learning-rate warm-up from zero, in kimg.
@@ -141,6 +144,7 @@ class TrainConfig(StageConfig):
         precision: ``fp32``, or ``bf16`` autocast for G and D forward passes (CPU and CUDA).
         channels_last: run G and D in the channels-last memory format.
         d_spectral_norm: spectral-normalise D's weights (and drop its BatchNorms).
+        d_batchnorm: keep D's BatchNorm layers; false drops them (R3GAN's D has no normalization layers).
         augment: DiffAugment policy applied to real and fake images before D, a comma-separated subset of
             ``color,translation,cutout``; empty for none.
         ada_target: ADA-style target for E[sign(D(real))]; the augmentation probability p adapts toward it.
@@ -148,6 +152,8 @@ class TrainConfig(StageConfig):
         ada_kimg: images (in thousands) for ADA's p to travel from 0 to 1 at full signal.
         ema_kimg: half-life of the generator's exponential moving average, in kimg; 0 turns it off.
             The saved generators (and so every later stage) are the EMA.
+        ema_rampup: when above 0, the EMA's half-life is at most this share of the images shown so far, so
+            early in a run the average follows G closely (StyleGAN2-ADA uses 0.05); 0 turns the ramp off.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         nproc: processes per node; the stage runs ``python -m ganforge.launch --nproc_per_node=${train.nproc}``
             (torchrun, see :mod:`ganforge.launch`).
@@ -171,8 +177,9 @@ class TrainConfig(StageConfig):
     z_dim: int = _param(100, ge=1, le=4096)
     batch_size: int = _param(64, ge=2, le=65536)  # BatchNorm needs two samples per batch
     kimg: float = _param(200.0, gt=0.0, le=_MAX_KIMG)
-    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    loss: Literal["nonsaturating", "hinge", "rpgan"] = "nonsaturating"
     r1_gamma: float = _param(0.0, ge=0.0, le=1e6)
+    r2_gamma: float = _param(0.0, ge=0.0, le=1e6)
     r1_interval: int = _param(16, ge=1, le=1_000_000)
     d_lr_ratio: float = _param(1.0, gt=0.0, le=100.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -182,10 +189,12 @@ class TrainConfig(StageConfig):
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     d_spectral_norm: bool = False
+    d_batchnorm: bool = True
     augment: str = ""
     ada_target: float = _param(0.0, ge=0.0, lt=1.0)
     ada_kimg: float = _param(100.0, gt=0.0, le=_MAX_KIMG)
     ema_kimg: float = _param(10.0, ge=0.0, le=_MAX_KIMG)
+    ema_rampup: float = _param(0.0, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: int = _param(1, ge=1, le=1024)
     collective_timeout_s: float = _param(600.0, gt=0.0, le=7 * 86400.0)

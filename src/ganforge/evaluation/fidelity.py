@@ -187,7 +187,8 @@ def domain_weights(featurizer_path: str | Path) -> ExtractorWeights:
 
 def fidelity_kwargs(weights: ExtractorWeights, batch_size: int, seed: int) -> dict[str, Any]:
     """torch-fidelity settings shared by every call: the extractor and its weights, batching, and a CPU-only,
-    worker-free feature pass (deterministic, and lighter on a small machine)."""
+    worker-free feature pass (deterministic, and lighter on a small machine). Inception, which takes minutes,
+    shows torch-fidelity's progress bars; the domain network, which takes seconds, is quiet."""
     return dict(
         feature_extractor=weights.registry_name,
         feature_extractor_weights_path=str(weights.path),
@@ -195,7 +196,7 @@ def fidelity_kwargs(weights: ExtractorWeights, batch_size: int, seed: int) -> di
         rng_seed=seed,
         cuda=False,
         save_cpu_ram=True,
-        verbose=False,
+        verbose=weights.rgb,
     )
 
 

@@ -81,7 +81,7 @@ def build_generator(spec: GeneratorSpec) -> nn.Module:
 
 
 def build_discriminator(arch: str, resolution: int, channels: int, width: float = 1.0,
-                        spectral_norm: bool = False) -> nn.Module:
+                        spectral_norm: bool = False, batchnorm: bool = True) -> nn.Module:
     """A freshly initialised discriminator of family ``arch``.
 
     Args:
@@ -91,19 +91,30 @@ def build_discriminator(arch: str, resolution: int, channels: int, width: float 
         width: channel multiplier (``dcgan`` and ``lite``).
         spectral_norm: wrap every conv and linear weight in spectral normalisation (Miyato et al., 2018) and
             drop D's BatchNorm layers, which spectral norm replaces as the stabiliser.
+        batchnorm: keep D's BatchNorm layers; without them (as in R3GAN) each real and fake is judged on its
+            own, not through batch statistics, and R1/R2 are what keep D in check.
     """
     kwargs = {} if arch == "seed" else {"width": width}
     discriminator = _DISCRIMINATORS[arch](resolution=resolution, channels=channels, **kwargs)
+    if spectral_norm or not batchnorm:
+        without_batchnorm(discriminator)
     return with_spectral_norm(discriminator) if spectral_norm else discriminator
 
 
-def with_spectral_norm(module: nn.Module) -> nn.Module:
-    """Spectral-normalise every conv/linear of ``module`` in place and replace its BatchNorms by Identity."""
+def without_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm of ``module`` by Identity, in place."""
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.BatchNorm1d | nn.BatchNorm2d):
                 setattr(parent, name, nn.Identity())
-            elif isinstance(child, nn.Conv2d | nn.Linear):
+    return module
+
+
+def with_spectral_norm(module: nn.Module) -> nn.Module:
+    """Spectral-normalise every conv/linear of ``module`` in place and replace its BatchNorms by Identity."""
+    for parent in list(without_batchnorm(module).modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d | nn.Linear):
                 setattr(parent, name, parametrizations.spectral_norm(child))
     return module
 

@@ -137,7 +137,8 @@ def trained_discriminator(train_dir: str | Path, spec: GeneratorSpec) -> nn.Modu
     train_dir = Path(train_dir)
     record = train_dir / "train.json"
     params = read_json(record)
-    check_json(params, {"params": {"arch": str, "width?": float, "d_spectral_norm?": bool}}, str(record))
+    check_json(params, {"params": {"arch": str, "width?": float, "d_spectral_norm?": bool, "d_batchnorm?": bool}},
+               str(record))
     params = params["params"]
     # D's family and width are G's: anything else is a train.json from another run (or edited), and a width
     # the trained G does not have could size D without bound.
@@ -147,7 +148,7 @@ def trained_discriminator(train_dir: str | Path, spec: GeneratorSpec) -> nn.Modu
             raise UserError(f"{record}: params.{key}: {shown(recorded[key])} but the trained generator's is "
                             f"{expected!r}")
     discriminator = build_discriminator(spec.arch, spec.resolution, spec.channels, spec.width,
-                                        params.get("d_spectral_norm", False))
+                                        params.get("d_spectral_norm", False), params.get("d_batchnorm", True))
     state = load_checkpoint(train_dir / "checkpoint.pt", required=("discriminator",))
     load_state(discriminator, state["discriminator"], train_dir / "checkpoint.pt")
     return discriminator.eval().requires_grad_(False)

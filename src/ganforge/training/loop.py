@@ -53,7 +53,7 @@ from ganforge.training.checkpoint import (
     save_checkpoint,
 )
 from ganforge.training.ema import GeneratorEMA
-from ganforge.training.losses import discriminator_loss, generator_loss, r1_penalty
+from ganforge.training.losses import PAIRED_LOSSES, discriminator_loss, generator_loss, gradient_penalty
 from ganforge.training.monitor import InLoopFID, SampleGrid
 from ganforge.training.schedule import lr_scheduler
 
@@ -124,10 +124,10 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
     torch.manual_seed(cfg.seed)
     memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     generator = build_generator(spec).to(device, memory_format=memory_format).train()
-    discriminator = build_discriminator(cfg.arch, spec.resolution, spec.channels, cfg.width,
-                                        spectral_norm=cfg.d_spectral_norm).to(device, memory_format=memory_format)
+    discriminator = build_discriminator(cfg.arch, spec.resolution, spec.channels, cfg.width, cfg.d_spectral_norm,
+                                        cfg.d_batchnorm).to(device, memory_format=memory_format)
     broadcast_state(generator, discriminator)
-    ema = GeneratorEMA(generator, cfg.ema_kimg)
+    ema = GeneratorEMA(generator, cfg.ema_kimg, cfg.ema_rampup)
     seed = rank_seed(cfg.seed)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -161,12 +161,15 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
         augment.load_state_dict(state["augment"])
 
     checkpoint_path = out_dir / CHECKPOINT
-    first_step, best = _resume(checkpoint_path, fingerprint, total_steps, shared, load_rank_state)
+    first_step, best, progress_so_far = _resume(checkpoint_path, fingerprint, total_steps, shared, load_rank_state)
+    # The in-loop FID curve and the training seconds before this run, both carried across a resume.
+    curve: list[dict[str, float]] = progress_so_far["curve"]
     if ada is not None:
         augment.p = ada.p
 
     def snapshot(step: int, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {"fingerprint": fingerprint, "step": step, "cur_nimg": step * cfg.batch_size, "best": best,
+                "progress": {"curve": curve, "trained_s": trained_s()},
                 "ranks": rank_states, **{name: part.state_dict() for name, part in shared.items()}}
 
     def every(kimg: float) -> int:  # an interval in kimg as a whole number of steps
@@ -192,6 +195,10 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
         desc="train", disable=not main, mininterval=1.0,
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]"))
     start = time.perf_counter()
+
+    def trained_s() -> float:  # wall seconds of training since step 0, over every resume
+        return progress_so_far["trained_s"] + time.perf_counter() - start
+
     step, out_of_time = first_step, False
     while step < total_steps:
         step_start = time.perf_counter()
@@ -219,10 +226,12 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
             augment.p = ada.p
 
         loss_r1 = torch.zeros(())
-        if cfg.r1_gamma > 0 and step % cfg.r1_interval == 0:  # lazy R1, scaled by the interval to match
-            real_in = real.detach().requires_grad_(True)
-            penalty = r1_penalty(discriminator(augment(real_in)).float(), real_in)
-            loss_r1 = penalty * (cfg.r1_gamma / 2) * cfg.r1_interval
+        if (cfg.r1_gamma > 0 or cfg.r2_gamma > 0) and step % cfg.r1_interval == 0:
+            # Lazy R1 on reals and R2 on fakes, scaled by the interval to match; logged together as loss_r1.
+            penalised = [(gamma, x.detach().requires_grad_(True))
+                         for gamma, x in ((cfg.r1_gamma, real), (cfg.r2_gamma, fake)) if gamma > 0]
+            loss_r1 = sum(gamma / 2 * cfg.r1_interval * gradient_penalty(discriminator(augment(x)).float(), x)
+                          for gamma, x in penalised)
             opt_d.zero_grad(set_to_none=True)
             loss_r1.backward()
             (loss_r1,), more_s = sync_gradients(d_params, loss_r1)
@@ -233,8 +242,10 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
         discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
         with autocast:
             fake_logits_g = discriminator(augment(fake)).float()  # (b,)
+            # The paired loss compares each fake with a real under the updated D (no gradient to anything).
+            real_logits_g = discriminator(augment(real)).float() if cfg.loss in PAIRED_LOSSES else None
         discriminator.requires_grad_(True)
-        loss_g = generator_loss(cfg.loss, fake_logits_g)
+        loss_g = generator_loss(cfg.loss, fake_logits_g, real_logits_g)
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         (loss_g,), more_s = sync_gradients(g_params, loss_g)
@@ -244,7 +255,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
         opt_g.step()
         sched_g.step()
         sched_d.step()
-        ema.update(generator, cfg.batch_size)
+        ema.update(generator, cfg.batch_size, (step + 1) * cfg.batch_size)
 
         step += 1
         cur_nimg += cfg.batch_size
@@ -276,6 +287,9 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
                 fid_start = time.perf_counter()
                 metrics["fid_inloop"] = fid(ema.average, spec.z_dim)
                 metrics["fid_inloop_s"] = time.perf_counter() - fid_start  # evidence that it stays cheap
+                curve.append({"kimg": cur_nimg / 1000, "minutes": trained_s() / 60,
+                              "fid_inloop": metrics["fid_inloop"]})
+                live.log_plot("fid_inloop", curve, x="kimg", y="fid_inloop", title="in-loop FID (domain features)")
                 if best is None or metrics["fid_inloop"] < best["fid"]:
                     best = {"fid": metrics["fid_inloop"], "kimg": cur_nimg / 1000,
                             "generator_ema": {k: v.detach().cpu().clone() for k, v in ema.average.state_dict().items()}}
@@ -404,8 +418,10 @@ def _kept_checkpoint(path: Path) -> str:
 
 
 def _resume(path: Path, fingerprint: dict, total_steps: int, shared: dict[str, Any],
-            load_rank_state: Callable[[dict[str, Any] | None, int], None]) -> tuple[int, dict[str, Any] | None]:
-    """Load an unfinished checkpoint of the same params and data; return (step to start at, best-so-far).
+            load_rank_state: Callable[[dict[str, Any] | None, int], None],
+            ) -> tuple[int, dict[str, Any] | None, dict[str, Any]]:
+    """Load an unfinished checkpoint of the same params and data; return (step to start at, best-so-far,
+    progress so far: the in-loop FID curve and the seconds trained).
 
     Rank 0 reads the checkpoint and hands each rank the state it needs, so ranks on other nodes need no
     shared filesystem. A finished checkpoint, or one from other params or data, is left alone and training
@@ -424,12 +440,12 @@ def _resume(path: Path, fingerprint: dict, total_steps: int, shared: dict[str, A
             handouts = [(state, ranks[r] if len(ranks) == world_size() else None) for r in range(world_size())]
     handout = scatter_from_main(handouts)
     if handout is None:
-        return 0, None
+        return 0, None, {"curve": [], "trained_s": 0.0}
     state, own = handout
     for name, part in shared.items():
         part.load_state_dict(state[name])
     load_rank_state(own, int(state["step"]))
-    return int(state["step"]), state["best"]
+    return int(state["step"]), state["best"], state["progress"]
 
 
 def _usable_checkpoint(path: Path, fingerprint: dict, total_steps: int) -> dict[str, Any] | None:
