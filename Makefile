@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test reliability lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
 	bench-optimize bench-optimize-cifar bench-serve bench bench-quick bench-inception \
-	bench-real-data
+	bench-real-data bench-featurizer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-quick: $(VENV)/.installed-test
 ## Measure the budgets (default repro time and memory, test-suite time) into docs/benchmarks.md.
 bench-budget: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/pipeline_budget.py --tests
+
+## The featurizer on CIFAR-10 (needs ../shared/datasets): params.yaml's bounded run against 15 epochs.
+bench-featurizer: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/featurizer_budget.py
 
 ## Measure the data stage (CIFAR-10 JPEG preparation, training data path) into docs/benchmarks.md.
 bench-data: $(VENV)/.installed-test

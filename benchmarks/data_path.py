@@ -28,10 +28,11 @@ DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
 POLICY = ("color", "translation", "cutout")
 
 
-def prepare_archive(archive: Path, work: Path) -> dict:
-    """Run the prepare stage script on the archive in a subprocess; time it and its peak memory."""
+def prepare_archive(archive: Path, work: Path, **overrides) -> dict:
+    """Run the prepare stage script on the archive in a subprocess (params.yaml's prepare settings at 32x32,
+    with ``overrides``); time it and its peak memory."""
     params = read_params(REPO / "params.yaml")
-    params["prepare"] |= {"source": "archive", "path": str(archive.resolve()), "resolution": 32}
+    params["prepare"] |= {"source": "archive", "path": str(archive.resolve()), "resolution": 32, **overrides}
     params_path = work / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
     cmd = [sys.executable, str(REPO / "stages/prepare.py"), "--params", str(params_path),

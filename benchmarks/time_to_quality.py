@@ -101,14 +101,25 @@ def main() -> None:
                         help="skip Inception FID-10k (it needs pip install -e '.[inception]' and about 25 minutes)")
     parser.add_argument("--run", type=parse_run, action="append", default=[], metavar="NAME=key=value,...",
                         help="a run beside seed and lite: train settings over params.yaml (repeatable)")
+    parser.add_argument("--max-images", type=int,
+                        help="prepare.max_images: a seeded subset of the archive (6000 keeps about 5,000 training "
+                             "images); results then go to bench/time_to_quality_<N>.json and their own doc section")
+    parser.add_argument("--only-listed", action="store_true", help="train and score the --run runs alone")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.overrides, args.work, args.minutes, args.fid_interval_kimg, args.fid_samples)
         return
-    args.runs = DEFAULT_RUNS | dict(args.run)
-    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), RESULTS, render)
+    args.runs = ({} if args.only_listed else DEFAULT_RUNS) | dict(args.run)
+    if not args.runs:
+        parser.error("--only-listed needs at least one --run")
+    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), results_path(args.max_images), render)
+
+
+def results_path(max_images: int | None) -> Path:
+    """bench/time_to_quality.json, or bench/time_to_quality_<N>.json for a run on a subset of N images."""
+    return RESULTS if max_images is None else RESULTS.with_name(f"{RESULTS.stem}_{max_images}.json")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -118,7 +129,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     from ganforge.evaluation.features import train_featurizer
     from ganforge.evaluation.reference import compute_reference, extractors
 
-    results: dict = {"machine": machine(), "minutes": args.minutes, "threads_per_run": 1,
+    results: dict = {"machine": machine(), "minutes": args.minutes, "threads_per_run": 1, "max_images": args.max_images,
                      "fid_interval_kimg": args.fid_interval_kimg, "fid_samples_inloop": args.fid_samples,
                      "inception": args.inception}
     results["reused"] = []  # a kept --work dir skips what it already holds
@@ -126,7 +137,12 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         results["reused"].append("prepared data")
     else:
         print("preparing CIFAR-10 ...", flush=True)
-        prepare_archive(args.archive, work)
+        prepare_archive(args.archive, work, **({} if args.max_images is None else {"max_images": args.max_images}))
+    counts = json.loads((work / "prepared/manifest.json").read_text())["counts"]
+    results["train_images"] = counts["train"]
+    if args.max_images is not None and sum(counts.values()) > args.max_images:
+        sys.exit(f"{work}/prepared holds {sum(counts.values())} images, more than --max-images {args.max_images}: "
+                 f"use another --work directory")
     _, featurizer_cfg, reference_cfg, evaluate_cfg = _configs({}, args.fid_interval_kimg, args.fid_samples)
     featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
     if args.inception:  # the domain figures, and Inception FID-10k beside them
@@ -169,7 +185,22 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "inloop": inloop_curve(work / name / "live"),
             **{k: v for k, v in metrics.items() if "inception" in k},
         }
+    results["summary"] = summary(results)
     return results
+
+
+def summary(results: dict) -> dict:
+    """The figures the targets read: the run with the lowest FID (Inception FID-10k when measured), its FID
+    against the better of ``seed`` and ``lite`` (when both ran), its in-loop FID's last point over its best,
+    and its recall."""
+    key = "fid_inception_10k" if results["inception"] else "fid"
+    best = min(results["runs"], key=lambda name: results[name][key])
+    curve = [p["fid_inloop"] for p in results[best]["inloop"]]
+    out = {"best": best, "fid_key": key, "fid": results[best][key], "recall": results[best]["recall"],
+           "last_over_best": curve[-1] / min(curve)}
+    if all(name in results["runs"] for name in DEFAULT_RUNS):
+        out["baseline_fid"] = min(results[name][key] for name in DEFAULT_RUNS)
+    return out
 
 
 def _inception_as_asked(scored: Path, inception: bool) -> bool:
@@ -227,7 +258,8 @@ def render(results: dict) -> None:
     e = first["protocol"]
     lines = [machine_line(results["machine"]), "",
              f"Every run trained with {results['threads_per_run']} thread, side by side with another, for "
-             f"{results['minutes']:.0f} minutes of wall time on CIFAR-10 (50,000 training images, 32×32), with "
+             f"{results['minutes']:.0f} minutes of wall time on CIFAR-10 ({results.get('train_images', 50_000):,} "
+             f"training images{' (prepare.max_images)' if results.get('max_images') else ''}, 32×32), with "
              f"the params.yaml train settings and the run's own overrides. FID: the best in-loop generator scored "
              f"by the evaluate protocol ({e['num_samples']} samples against the {e['reference_split']} split, "
              f"domain features; real-vs-real floor {first['fid_real_floor']:.2f}; featurizer test accuracy "
@@ -261,7 +293,7 @@ def render(results: dict) -> None:
         best = min(curve, key=lambda p: p["fid_inloop"])
         lines.append(f"| `{name}` | {best['fid_inloop']:.2f} | {best['minutes']:.1f} | {curve[-1]['fid_inloop']:.2f} "
                      f"| {curve[-1]['fid_inloop'] / best['fid_inloop']:.2f} |")
-    write_doc_section("time-to-quality", lines)
+    write_doc_section("time-to-quality" + (f"-{results['max_images']}" if results.get("max_images") else ""), lines)
 
 
 if __name__ == "__main__":

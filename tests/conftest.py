@@ -27,7 +27,7 @@ TINY = {
     "prepare": {"resolution": 16},
     "train": {"kimg": 1.5, "batch_size": 32, "log_interval_kimg": 0.5, "ema_kimg": 0.5, "snapshot_kimg": 0.75,
               "fid_interval_kimg": 0.5, "fid_samples": 100},
-    "featurizer": {"epochs": 5},
+    "featurizer": {"epochs": 5, "max_minutes": None},  # no wall-clock bound: the same net on a busy machine
     "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16,
                  "speed_batch": 64, "speed_repeats": 3, "nearest_count": 4},
     "optimize": {"variants": ["fp32", "fused", "int8", "bf16", "onnxruntime", "pruned+fused", "pruned+banded",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,8 @@ from PIL import Image
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from ganforge.data.prepared import ImageTensorDataset, load_split
-from ganforge.evaluation.features import load_featurizer
+from ganforge.evaluation import features
+from ganforge.evaluation.features import learning_rate, load_featurizer, train_featurizer
 from ganforge.evaluation.fidelity import DOMAIN_EXTRACTOR
 from ganforge.evaluation.protocol import make_protocol, score_generator
 
@@ -25,6 +27,31 @@ def test_featurizer_learns_the_classes(tiny_run):
     net = load_featurizer(tiny_run.featurizer)
     features, logits = net(torch.zeros(2, 1, 16, 16, dtype=torch.uint8))
     assert features.shape == (2, metrics["feature_dim"]) and logits.shape == (2, 10)
+
+
+def test_featurizer_ends_its_schedule_at_the_time_bound(tiny_run, tiny_configs, tmp_path):
+    ticks = iter(range(0, 10**6, 20))  # a clock that moves 20 s per reading, however fast the machine is
+    cfg = dataclasses.replace(tiny_configs["featurizer"], max_minutes=1.0)
+    metrics = train_featurizer(cfg, tiny_run.prepared, tmp_path / "f.safetensors", tmp_path / "f.json",
+                               clock=lambda: next(ticks))
+    assert metrics["stopped"] == "time" and 0 < metrics["epochs"] < 1 and metrics["minutes"] >= 1
+    assert json.loads((tmp_path / "f.json").read_text()) == metrics
+
+
+def test_featurizer_stops_once_heldout_accuracy_stops_improving(tiny_run, tiny_configs, tmp_path, monkeypatch):
+    monkeypatch.setattr(features, "accuracy", lambda *args, **kwargs: 0.5)  # never better than the first score
+    cfg = dataclasses.replace(tiny_configs["featurizer"], epochs=10, patience=2)
+    metrics = train_featurizer(cfg, tiny_run.prepared, tmp_path / "f.safetensors", tmp_path / "f.json")
+    # Small data is scored once per epoch: the first score is the best, two more without improvement stop it.
+    assert metrics["stopped"] == "plateau" and metrics["epochs"] == 3 and metrics["best_at_epoch"] == 1
+
+
+def test_learning_rate_rises_then_falls_to_zero():
+    rates = [learning_rate(0.01, p / 100) for p in range(101)]
+    peak = rates.index(max(rates))
+    assert rates[0] == pytest.approx(0.0004) and max(rates) == pytest.approx(0.01) and rates[-1] == pytest.approx(0)
+    steps = np.diff(rates)
+    assert peak == 25 and (steps[:peak] > 0).all() and (steps[peak:] <= 0).all()
 
 
 def test_evaluate_metrics_and_protocol(tiny_run, tiny_configs):

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -135,39 +138,100 @@ def accuracy(net: DomainFeatureNet, images: np.ndarray, labels: np.ndarray, rota
     return correct / max(1, total)
 
 
-def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str | Path,
-                     metrics_path: str | Path) -> dict[str, Any]:
+# A tenth of the training split (at most HOLDOUT_MAX images, a seeded subset) is held out to tell when the
+# network stops improving; it is scored every EVAL_IMAGES training images, or every epoch if that is sooner.
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_MAX = 2000
+EVAL_IMAGES = 10_000
+WARMUP = 0.25  # share of the schedule over which the learning rate rises from lr / 25 to lr (as OneCycle)
+
+
+def learning_rate(lr: float, progress: float) -> float:
+    """OneCycle's shape over ``progress`` in [0, 1]: a linear rise from ``lr / 25``, then a cosine to zero."""
+    if progress < WARMUP:
+        return lr * (0.04 + 0.96 * progress / WARMUP)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - WARMUP) / (1 - WARMUP))))
+
+
+def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str | Path, metrics_path: str | Path,
+                     clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """Train the domain network on the prepared training split; write weights and its test accuracy (of the
-    classes, or of the rotations on unlabeled data)."""
+    classes, or of the rotations on unlabeled data).
+
+    Training ends after ``cfg.epochs`` passes, at ``cfg.max_minutes`` of wall time (the learning-rate schedule
+    follows whichever of the two is further along, so it has ended by then), or once the held-out accuracy has
+    not improved for ``cfg.patience`` evaluations; the weights with the best held-out accuracy are kept. Which
+    one ended it is recorded in the metrics.
+    """
+    started = clock()
     train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
     rotation = len(train_split.class_names) < 2  # unlabeled: self-supervised rotation prediction
     outputs = ROTATIONS if rotation else len(train_split.class_names)
     torch.manual_seed(cfg.seed)
     order = torch.Generator().manual_seed(cfg.seed + 1)
     net = DomainFeatureNet(train_split.channels, outputs, cfg.width, cfg.feature_dim)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    images = torch.from_numpy(np.array(train_split.images))  # (N, C, R, R) uint8
-    labels = torch.from_numpy(train_split.labels)
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate(cfg.lr, 0.0))
+    all_images = torch.from_numpy(np.array(train_split.images))  # (N, C, R, R) uint8
+    all_labels = torch.from_numpy(train_split.labels)
+    split = torch.randperm(len(all_images), generator=torch.Generator().manual_seed(cfg.seed + 2))
+    held = split[:min(HOLDOUT_MAX, int(len(all_images) * HOLDOUT_FRACTION))]
+    images, labels = all_images[split[len(held):]], all_labels[split[len(held):]]
+    held_images, held_labels = all_images[held].numpy(), all_labels[held].numpy()
     steps_per_epoch = int(np.ceil(len(images) / cfg.batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    total_steps = cfg.epochs * steps_per_epoch
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+    eval_every = min(EVAL_IMAGES, len(images))
+
+    best = {"heldout_accuracy": -1.0, "images": 0}
+    best_state: dict[str, torch.Tensor] = {}
+    step, seen, unscored, stale, stopped = 0, 0, 0, 0, "epochs"
+
+    def evaluate() -> bool:
+        """Score the held-out images; whether training should stop for want of improvement."""
+        nonlocal unscored, stale
+        score = accuracy(net, held_images, held_labels, rotation) if len(held) else 0.0
+        net.train()
+        unscored = 0
+        if score > best["heldout_accuracy"] or not best_state:
+            best.update(heldout_accuracy=score, images=seen)
+            best_state.update({k: v.clone() for k, v in net.state_dict().items()})
+            stale = 0
+        else:
+            stale += 1
+        bar.set_postfix(heldout=f"{best['heldout_accuracy']:.3f}")
+        return cfg.patience > 0 and len(held) > 0 and stale >= cfg.patience
 
     net.train()
-    for _epoch in tqdm(range(cfg.epochs), desc="featurizer", unit="epoch", mininterval=1.0):
-        perm = torch.randperm(len(images), generator=order)
-        for start in range(0, len(images), cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
-            x = images[idx]
-            # Random 1-pixel shifts keep the classifier from memorising exact pixel positions.
-            x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=order).tolist()), dims=(2, 3))
-            y = labels[idx]
-            if rotation:
-                y = torch.randint(0, ROTATIONS, (len(idx),), generator=order)
-                x = rotate(x, y)
-            loss = F.cross_entropy(net(x)[1], y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+    with tqdm(total=total_steps, desc="featurizer", unit="step", mininterval=1.0) as bar:
+        while stopped == "epochs" and step < total_steps:
+            perm = torch.randperm(len(images), generator=order)
+            for start in range(0, len(images), cfg.batch_size):
+                progress = max(step / total_steps, (clock() - started) / budget_s)
+                if progress >= 1:
+                    stopped = "time"
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(cfg.lr, progress)
+                idx = perm[start:start + cfg.batch_size]
+                x = images[idx]
+                # Random 1-pixel shifts keep the classifier from memorising exact pixel positions.
+                x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=order).tolist()), dims=(2, 3))
+                y = labels[idx]
+                if rotation:
+                    y = torch.randint(0, ROTATIONS, (len(idx),), generator=order)
+                    x = rotate(x, y)
+                loss = F.cross_entropy(net(x)[1], y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step, seen, unscored = step + 1, seen + len(idx), unscored + len(idx)
+                bar.update()
+                if unscored >= eval_every and evaluate():
+                    stopped = "plateau"
+                    break
+        if unscored or not best_state:
+            evaluate()
+    net.load_state_dict(best_state)
     net.eval()
 
     save_featurizer(net, out_path)
@@ -175,6 +239,12 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
         "task": "rotation" if rotation else "classification",
         "test_accuracy": accuracy(net, test_split.images, test_split.labels, rotation),
         "train_accuracy": accuracy(net, train_split.images, train_split.labels, rotation),
+        "heldout_accuracy": best["heldout_accuracy"],
+        "heldout_images": len(held),
+        "stopped": stopped,  # epochs | time (max_minutes) | plateau (patience)
+        "epochs": round(seen / len(images), 3),
+        "best_at_epoch": round(best["images"] / len(images), 3),
+        "minutes": round((clock() - started) / 60, 3),
         "feature_dim": cfg.feature_dim,
         "weights_sha256": sha256_file(out_path),
     }
