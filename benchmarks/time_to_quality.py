@@ -52,11 +52,18 @@ def _configs(run: dict, fid_interval_kimg: float, fid_samples: int) -> tuple:
 
 
 def parse_run(text: str) -> tuple[str, dict]:
-    """``NAME=key=value,key=value`` -> (NAME, {key: value}), each value read as YAML (``0.1``, ``true``)."""
+    """``NAME=key=value,key=value`` -> (NAME, {key: value}), each value read as YAML (``0.1``, ``true``); a
+    value may hold commas (``augment=color,translation``)."""
     import yaml
 
     name, _, settings = text.partition("=")
-    pairs = [item.partition("=") for item in settings.split(",") if item]
+    items: list[str] = []
+    for item in filter(None, settings.split(",")):  # an item without '=' continues the value before it
+        if "=" in item or not items:
+            items.append(item)
+        else:
+            items[-1] += "," + item
+    pairs = [item.partition("=") for item in items]
     if not name or any(not key or not sep for key, sep, _ in pairs):
         raise argparse.ArgumentTypeError(f"--run {text!r}: expected NAME=key=value,key=value")
     return name, {key: yaml.safe_load(value) for key, _, value in pairs}
