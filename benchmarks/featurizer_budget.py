@@ -5,8 +5,9 @@
 The CIFAR-10 JPEG archive is prepared at 32x32 as the pipeline does (50,000 training images). Then the domain
 featurizer trains twice, one after the other, with torch's threads at the machine's cores: once with the
 params.yaml featurizer settings (a wall-clock bound, early stopping on held-out accuracy), once for 15 full
-epochs without either. Each run's wall time, why it stopped and its test accuracy are recorded. Results go to
-bench/featurizer_budget.json and the generated section of docs/benchmarks.md.
+epochs without either (``--keep-full`` reuses that one from the last results when its settings match). Each
+run's wall time, why it stopped and its test accuracy are recorded. Results go to bench/featurizer_budget.json
+and the generated section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -37,13 +38,17 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 f"{FULL_EPOCHS} epochs": dataclasses.replace(bounded, epochs=FULL_EPOCHS, max_minutes=None, patience=0)}
     results: dict = {"machine": machine(), "train_images": json.loads((work / "prepared/manifest.json").read_text())
                      .get("counts", {}).get("train"), "runs": {}}
+    kept = json.loads(RESULTS.read_text())["runs"] if args.keep_full and RESULTS.is_file() else {}
     for name, cfg in settings.items():
+        settings_record = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"}
+        if name != "params.yaml" and kept.get(name, {}).get("settings") == settings_record:
+            results["runs"][name] = kept[name] | {"reused": True}
+            continue
         print(f"featurizer: {name} ...", flush=True)
         out = work / f"featurizer-{name.replace(' ', '-').replace('.', '-')}"
         start = time.perf_counter()
         metrics = train_featurizer(cfg, work / "prepared", out.with_suffix(".safetensors"), out.with_suffix(".json"))
-        results["runs"][name] = {"settings": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "seed"},
-                                 "wall_s": time.perf_counter() - start, **metrics}
+        results["runs"][name] = {"settings": settings_record, "wall_s": time.perf_counter() - start, **metrics}
     return results
 
 
@@ -57,6 +62,7 @@ def render(results: dict) -> None:
              "test accuracy |", "|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         s = r["settings"]
+        name = f"{name} (from an earlier run)" if r.get("reused") else name
         bound = "none" if s["max_minutes"] is None else f"{s['max_minutes']:g}"
         lines.append(f"| {name} | {s['epochs']}, {bound}, {s['patience']} | {r['stopped']} | {r['epochs']:.2f} | "
                      f"{r['wall_s'] / 60:.2f} | {r['heldout_accuracy']:.4f} | {r['test_accuracy']:.4f} |")
@@ -69,5 +75,11 @@ def render(results: dict) -> None:
     write_doc_section("featurizer-budget", lines)
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-full", action="store_true",
+                        help=f"reuse the {FULL_EPOCHS}-epoch run of bench/featurizer_budget.json when its settings "
+                             f"match (it takes about 7 minutes)")
+
+
 if __name__ == "__main__":
-    cifar_main(__doc__, RESULTS, run, render)
+    cifar_main(__doc__, RESULTS, run, render, add_arguments)

@@ -234,7 +234,8 @@ class FeaturizerConfig(StageConfig):
         max_minutes: wall-clock bound on training; the learning-rate schedule ends by it, whichever of it and
             ``epochs`` comes first. null: no bound (the run is then independent of the machine's speed).
         patience: stop once the held-out accuracy has not improved for this many evaluations (each 10,000
-            images or each epoch, whichever is sooner); the best weights are kept. 0: never stop early.
+            images or each epoch, whichever is sooner) made after the learning rate has fallen to half its
+            peak; the best weights are kept. 0: never stop early.
         batch_size: images per step.
         lr: Adam learning rate of the classifier (independent of the GAN's top-level ``lr``).
         width: channels of the first conv; later convs double it.

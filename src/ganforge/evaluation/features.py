@@ -144,6 +144,7 @@ HOLDOUT_FRACTION = 0.1
 HOLDOUT_MAX = 2000
 EVAL_IMAGES = 10_000
 WARMUP = 0.25  # share of the schedule over which the learning rate rises from lr / 25 to lr (as OneCycle)
+PATIENCE_FROM = 0.625  # scores count toward patience once the learning rate has fallen to half its peak
 
 
 def learning_rate(lr: float, progress: float) -> float:
@@ -160,8 +161,8 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
 
     Training ends after ``cfg.epochs`` passes, at ``cfg.max_minutes`` of wall time (the learning-rate schedule
     follows whichever of the two is further along, so it has ended by then), or once the held-out accuracy has
-    not improved for ``cfg.patience`` evaluations; the weights with the best held-out accuracy are kept. Which
-    one ended it is recorded in the metrics.
+    not improved for ``cfg.patience`` evaluations made after the learning rate has fallen to half its peak;
+    the weights with the best held-out accuracy are kept. Which one ended it is recorded in the metrics.
     """
     started = clock()
     train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
@@ -186,7 +187,7 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
     best_state: dict[str, torch.Tensor] = {}
     step, seen, unscored, stale, stopped = 0, 0, 0, 0, "epochs"
 
-    def evaluate() -> bool:
+    def evaluate(progress: float) -> bool:
         """Score the held-out images; whether training should stop for want of improvement."""
         nonlocal unscored, stale
         score = accuracy(net, held_images, held_labels, rotation) if len(held) else 0.0
@@ -196,7 +197,7 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
             best.update(heldout_accuracy=score, images=seen)
             best_state.update({k: v.clone() for k, v in net.state_dict().items()})
             stale = 0
-        else:
+        elif progress >= PATIENCE_FROM:  # near its peak rate the score wanders; improvement comes as it falls
             stale += 1
         bar.set_postfix(heldout=f"{best['heldout_accuracy']:.3f}")
         return cfg.patience > 0 and len(held) > 0 and stale >= cfg.patience
@@ -226,11 +227,11 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
                 optimizer.step()
                 step, seen, unscored = step + 1, seen + len(idx), unscored + len(idx)
                 bar.update()
-                if unscored >= eval_every and evaluate():
+                if unscored >= eval_every and evaluate(progress):
                     stopped = "plateau"
                     break
         if unscored or not best_state:
-            evaluate()
+            evaluate(1.0)
     net.load_state_dict(best_state)
     net.eval()
 
