@@ -235,7 +235,7 @@ class FeaturizerConfig(StageConfig):
             ``epochs`` comes first. null: no bound (the run is then independent of the machine's speed).
         patience: stop once the held-out accuracy has not improved for this many evaluations (each 10,000
             images or each epoch, whichever is sooner) made after the learning rate has fallen to half its
-            peak; the best weights are kept. 0: never stop early.
+            peak; the best weights are then kept. 0: never stop early.
         batch_size: images per step.
         lr: Adam learning rate of the classifier (independent of the GAN's top-level ``lr``).
         width: channels of the first conv; later convs double it.
@@ -247,7 +247,7 @@ class FeaturizerConfig(StageConfig):
     seed: int = 0
     epochs: int = _param(15, ge=1, le=1000)
     max_minutes: float | None = _param(2.0, gt=0.0, le=10_000.0)
-    patience: int = _param(3, ge=0, le=1000)
+    patience: int = _param(5, ge=0, le=1000)
     batch_size: int = _param(128, ge=1, le=65536)
     lr: float = _param(0.002, gt=0.0, le=1.0)
     width: int = _param(32, ge=1, le=1024)

@@ -161,8 +161,9 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
 
     Training ends after ``cfg.epochs`` passes, at ``cfg.max_minutes`` of wall time (the learning-rate schedule
     follows whichever of the two is further along, so it has ended by then), or once the held-out accuracy has
-    not improved for ``cfg.patience`` evaluations made after the learning rate has fallen to half its peak;
-    the weights with the best held-out accuracy are kept. Which one ended it is recorded in the metrics.
+    not improved for ``cfg.patience`` evaluations made after the learning rate has fallen to half its peak,
+    which keeps the weights with the best held-out accuracy; otherwise the annealed last weights are kept (a
+    small held-out set's best is noise). Which one ended it is recorded in the metrics.
     """
     started = clock()
     train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
@@ -193,6 +194,7 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
         score = accuracy(net, held_images, held_labels, rotation) if len(held) else 0.0
         net.train()
         unscored = 0
+        best["last"] = score
         if score > best["heldout_accuracy"] or not best_state:
             best.update(heldout_accuracy=score, images=seen)
             best_state.update({k: v.clone() for k, v in net.state_dict().items()})
@@ -227,12 +229,13 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
                 optimizer.step()
                 step, seen, unscored = step + 1, seen + len(idx), unscored + len(idx)
                 bar.update()
-                if unscored >= eval_every and evaluate(progress):
+                if unscored >= eval_every and evaluate(progress) and step < total_steps:
                     stopped = "plateau"
                     break
         if unscored or not best_state:
             evaluate(1.0)
-    net.load_state_dict(best_state)
+    if stopped == "plateau":  # else the schedule ran to its end: its annealed weights are kept
+        net.load_state_dict(best_state)
     net.eval()
 
     save_featurizer(net, out_path)
@@ -240,7 +243,7 @@ def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str 
         "task": "rotation" if rotation else "classification",
         "test_accuracy": accuracy(net, test_split.images, test_split.labels, rotation),
         "train_accuracy": accuracy(net, train_split.images, train_split.labels, rotation),
-        "heldout_accuracy": best["heldout_accuracy"],
+        "heldout_accuracy": best["heldout_accuracy"] if stopped == "plateau" else best["last"],
         "heldout_images": len(held),
         "stopped": stopped,  # epochs | time (max_minutes) | plateau (patience)
         "epochs": round(seen / len(images), 3),
