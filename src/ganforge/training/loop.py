@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
         loss_r1 = torch.zeros(())
         if (cfg.r1_gamma > 0 or cfg.r2_gamma > 0) and step % cfg.r1_interval == 0:
             # Lazy R1 on reals and R2 on fakes, scaled by the interval to match; logged together as loss_r1.
-            penalised = [(gamma, x.detach().requires_grad_(True))
+            penalised = [(gamma, x.detach().float().requires_grad_(True))  # fakes are bf16 under autocast
                          for gamma, x in ((cfg.r1_gamma, real), (cfg.r2_gamma, fake)) if gamma > 0]
             loss_r1 = sum(gamma / 2 * cfg.r1_interval * gradient_penalty(discriminator(augment(x)).float(), x)
                           for gamma, x in penalised)
