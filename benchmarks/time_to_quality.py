@@ -1,19 +1,23 @@
 """Time to quality on real data: train generators on CIFAR-10 for the same wall time, then score each.
 
     python benchmarks/time_to_quality.py [--minutes 30] [--work DIR] [--run NAME=key=value,...]
+                                         [--snapshot-minutes 10,20,30,60]
 
 The CIFAR-10 JPEG archive is prepared at 32x32 and the domain featurizer trained on it (as the pipeline
 does). Then the runs train side by side, at the same time, one thread each, for ``--minutes`` of wall time
 with the params.yaml train settings plus each run's own overrides, logging an in-loop FID. The default runs
-are ``seed`` and ``lite`` (only ``arch`` set); ``--run`` adds one, for example
-``--run r3=arch=lite,loss=rpgan,r1_gamma=0.1``. Each generator with the best in-loop FID is then scored by
-the evaluate protocol, in domain features and in Inception FID-10k.
+are ``seed`` and ``lite`` under the baseline recipe (``BASELINE_RECIPE``); ``--run`` adds one, for example
+``--run default=`` (params.yaml as it stands) or ``--run r3=arch=lite,loss=rpgan,r1_gamma=0.1``. Each
+generator with the best in-loop FID is then scored by the evaluate protocol, in domain features and in
+Inception FID-10k. ``--snapshot-minutes`` keeps each run's EMA generator as it stood at those training
+minutes and scores each one too: the run's curve in Inception FID-10k (under a constant learning rate the
+30-minute point of a 60-minute run is where a 30-minute run ends). Each run is pinned to its own core.
 
 A ``--work`` directory keeps every step; a later call reuses what it holds (the prepared data, the
 featurizer, matching reference statistics, finished runs of the same length and their scores), so a new run
 can be measured beside earlier ones without training those again. Keep the runs that train at the same time
 to the machine's core count. Results go to bench/time_to_quality.json and the generated section of
-docs/benchmarks.md.
+docs/benchmarks.md; ``--minutes`` other than 30 and ``--max-images`` each name their own file and section.
 """
 
 from __future__ import annotations
@@ -33,7 +37,11 @@ from measure import DEFAULT_ARCHIVE, REPO, machine, machine_line, run_in_work_di
 from ganforge.config import read_params
 
 RESULTS = REPO / "bench/time_to_quality.json"
-DEFAULT_RUNS = {"seed": {"arch": "seed"}, "lite": {"arch": "lite"}}
+# The baselines: both architectures under the plain recipe (the non-saturating loss, no R1 or R2, BatchNorm in
+# D, Adam betas 0.5/0.999, no EMA ramp), pinned here so that they stay the same whatever params.yaml says.
+BASELINE_RECIPE = {"loss": "nonsaturating", "r1_gamma": 0, "r2_gamma": 0, "d_batchnorm": True, "beta1": 0.5,
+                   "beta2": 0.999, "ema_rampup": 0}
+DEFAULT_RUNS = {"seed": {"arch": "seed"} | BASELINE_RECIPE, "lite": {"arch": "lite"} | BASELINE_RECIPE}
 
 
 def _configs(run: dict, fid_interval_kimg: float, fid_samples: int) -> tuple:
@@ -69,16 +77,41 @@ def parse_run(text: str) -> tuple[str, dict]:
     return name, {key: yaml.safe_load(value) for key, _, value in pairs}
 
 
-def worker(name: str, run: dict, work: Path, minutes: float, fid_interval_kimg: float, fid_samples: int) -> None:
+class MinuteSnapshots:
+    """A train ``on_step`` observer: save the EMA generator the first time the training minutes reach each
+    mark, into ``directory`` (``ema-010min.safetensors``), listed with its kimg in ``snapshots.json``."""
+
+    def __init__(self, directory: Path, marks: list[float]) -> None:
+        self.directory, self.marks, self.taken = directory, sorted(marks), []
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, minutes: float, cur_nimg: int, generator, spec) -> None:
+        from ganforge.models import save_generator
+
+        while self.marks and minutes >= self.marks[0]:
+            mark = self.marks.pop(0)
+            name = f"ema-{mark:05.1f}min.safetensors"
+            save_generator(generator, spec, self.directory / name)
+            self.taken.append({"minutes": mark, "trained_minutes": round(minutes, 3), "kimg": cur_nimg / 1000,
+                               "file": name})
+            (self.directory / "snapshots.json").write_text(json.dumps(self.taken, indent=1))
+
+
+def worker(name: str, run: dict, work: Path, minutes: float, fid_interval_kimg: float, fid_samples: int,
+           snapshot_minutes: list[float], core: int | None) -> None:
     """One training run, one thread, stopped by the time limit (run in its own process)."""
     import torch
 
     from ganforge.training.loop import train
 
     torch.set_num_threads(1)
+    if core is not None:  # one core per run: the runs do not trade places on the cores
+        os.sched_setaffinity(0, {core})
     cfg, *_ = _configs(run, fid_interval_kimg, fid_samples)
+    # A mark at the time limit itself is taken on the last step (the limit ends the run on reaching it).
+    observer = MinuteSnapshots(work / name / "snapshots", snapshot_minutes) if snapshot_minutes else None
     result = train(cfg, work / "prepared", work / name / "train", work / name / "live",
-                   featurizer_path=work / "featurizer.safetensors", time_limit_s=minutes * 60)
+                   featurizer_path=work / "featurizer.safetensors", time_limit_s=minutes * 60, on_step=observer)
     (work / name / "result.json").write_text(json.dumps({"kimg": result.cur_nimg / 1000,
                                                          "train_img_per_s": result.train_img_per_s,
                                                          "overrides": run}))
@@ -112,21 +145,41 @@ def main() -> None:
                         help="prepare.max_images: a seeded subset of the archive (6000 keeps about 5,000 training "
                              "images); results then go to bench/time_to_quality_<N>.json and their own doc section")
     parser.add_argument("--only-listed", action="store_true", help="train and score the --run runs alone")
+    parser.add_argument("--snapshot-minutes", type=_minutes_list, default=[], metavar="M,M,...",
+                        help="keep each run's EMA generator at these training minutes and score each (Inception "
+                             "FID-10k costs about 10 minutes per point on 2 cores)")
+    parser.add_argument("--beside", help="what ran on the other cores while the runs trained, for the page (default: "
+                                         "the other runs, or nothing)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--core", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.overrides, args.work, args.minutes, args.fid_interval_kimg, args.fid_samples)
+        worker(args.worker, args.overrides, args.work, args.minutes, args.fid_interval_kimg, args.fid_samples,
+               args.snapshot_minutes, args.core)
         return
     args.runs = ({} if args.only_listed else DEFAULT_RUNS) | dict(args.run)
     if not args.runs:
         parser.error("--only-listed needs at least one --run")
-    run_in_work_dir(args.archive, args.work, lambda work: run(args, work), results_path(args.max_images), render)
+    run_in_work_dir(args.archive, args.work, lambda work: run(args, work),
+                    REPO / "bench" / f"{results_name(args.max_images, args.minutes)}.json", render)
 
 
-def results_path(max_images: int | None) -> Path:
-    """bench/time_to_quality.json, or bench/time_to_quality_<N>.json for a run on a subset of N images."""
-    return RESULTS if max_images is None else RESULTS.with_name(f"{RESULTS.stem}_{max_images}.json")
+def _minutes_list(text: str) -> list[float]:
+    try:
+        marks = [float(item) for item in text.split(",") if item]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--snapshot-minutes {text!r}: expected minutes such as 10,20,30") from None
+    if not marks or any(m <= 0 for m in marks):
+        raise argparse.ArgumentTypeError(f"--snapshot-minutes {text!r}: expected positive minutes")
+    return marks
+
+
+def results_name(max_images: int | None, minutes: float) -> str:
+    """time_to_quality, with ``_<N>`` for a run on a subset of N images and ``_<M>min`` for M minutes but 30:
+    the results file's stem (under bench/) and, with dashes, the doc section's name."""
+    return (RESULTS.stem + (f"_{max_images}" if max_images is not None else "")
+            + (f"_{minutes:g}min" if minutes != 30 else ""))
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -138,7 +191,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     results: dict = {"machine": machine(), "minutes": args.minutes, "threads_per_run": 1, "max_images": args.max_images,
                      "fid_interval_kimg": args.fid_interval_kimg, "fid_samples_inloop": args.fid_samples,
-                     "inception": args.inception}
+                     "inception": args.inception, "snapshot_minutes": args.snapshot_minutes,
+                     "runs_side_by_side": len(args.runs), "beside": args.beside}
     results["reused"] = []  # a kept --work dir skips what it already holds
     if (work / "prepared/manifest.json").is_file():
         results["reused"].append("prepared data")
@@ -151,7 +205,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         sys.exit(f"{work}/prepared holds {sum(counts.values())} images, more than --max-images {args.max_images}: "
                  f"use another --work directory")
     _, featurizer_cfg, reference_cfg, evaluate_cfg = _configs({}, args.fid_interval_kimg, args.fid_samples)
-    featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
+    # The epochs asked for, unbounded by minutes, so that domain figures compare across calls and machines.
+    featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs, max_minutes=None)
     if args.inception:  # the domain figures, and Inception FID-10k beside them
         reference_cfg = dataclasses.replace(reference_cfg, feature_extractor="inception-v3-compat")
     if (work / "featurizer.safetensors").is_file():
@@ -192,8 +247,42 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "inloop": inloop_curve(work / name / "live"),
             **{k: v for k, v in metrics.items() if "inception" in k},
         }
+        if args.snapshot_minutes:
+            results[name]["snapshots"] = score_snapshots(work / name / "snapshots", evaluate_cfg, reference_cfg,
+                                                         work, args.inception)
     results["summary"] = summary(results)
     return results
+
+
+def score_snapshots(directory: Path, evaluate_cfg, reference_cfg, work: Path, inception: bool) -> list[dict]:
+    """Each kept generator's domain FID, recall and (``inception``) Inception FID-10k, by the evaluate protocol;
+    the scores are kept in ``directory/scores.json`` and reused."""
+    from tqdm import tqdm
+
+    from ganforge.evaluation.evaluate import inception_figures
+    from ganforge.evaluation.fidelity import INCEPTION_EXTRACTOR
+    from ganforge.evaluation.protocol import make_protocol, score_generator
+    from ganforge.models import load_generator
+
+    kept = directory / "scores.json"
+    scores = json.loads(kept.read_text()) if kept.is_file() else {}
+    rows = []
+    for snap in tqdm(json.loads((directory / "snapshots.json").read_text()), desc=f"scoring {directory.parent.name}"
+                     " snapshots", unit="generator"):
+        if snap["file"] not in scores or ("fid_inception_10k" in scores[snap["file"]]) != inception:
+            generator, spec = load_generator(directory / snap["file"])
+            domain = score_generator(generator, spec.z_dim, make_protocol(
+                evaluate_cfg, reference_cfg, work / "reference", work / "featurizer.safetensors"))
+            score = {"fid": domain["fid"], "precision": domain["precision"], "recall": domain["recall"]}
+            if inception:
+                figures = inception_figures(generator, spec.z_dim, make_protocol(
+                    evaluate_cfg, reference_cfg, work / "reference", work / "featurizer.safetensors",
+                    INCEPTION_EXTRACTOR))
+                score["fid_inception_10k"] = figures["fid_inception_10k"]
+            scores[snap["file"]] = score
+            kept.write_text(json.dumps(scores, indent=1))
+        rows.append(snap | scores[snap["file"]])
+    return rows
 
 
 def summary(results: dict) -> dict:
@@ -207,6 +296,11 @@ def summary(results: dict) -> dict:
            "last_over_best": curve[-1] / min(curve)}
     if all(name in results["runs"] for name in DEFAULT_RUNS):
         out["baseline_fid"] = min(results[name][key] for name in DEFAULT_RUNS)
+    snapshots = results[best].get("snapshots")
+    if snapshots:  # the kept generators' curve: each mark's FID over the best up to it
+        fids = [s.get("fid_inception_10k", s["fid"]) for s in snapshots]
+        out["snapshot_key"] = "fid_inception_10k" if "fid_inception_10k" in snapshots[0] else "fid"
+        out["snapshot_over_best"] = {f"{s['minutes']:g}": fids[i] / min(fids[:i + 1]) for i, s in enumerate(snapshots)}
     return out
 
 
@@ -220,13 +314,16 @@ def train_side_by_side(args: argparse.Namespace, work: Path, runs: dict[str, dic
     print(f"training {' and '.join(runs)} side by side for {args.minutes} min each ...", flush=True)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     procs = {}
-    for name, run in runs.items():
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    for index, (name, run) in enumerate(runs.items()):
         (work / name).mkdir(exist_ok=True)
         for stale in ("result.json", "evaluate.json"):
             (work / name / stale).unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--worker", name, "--overrides", json.dumps(run), "--work", str(work),
                "--minutes", str(args.minutes), "--fid-interval-kimg", str(args.fid_interval_kimg),
-               "--fid-samples", str(args.fid_samples)]
+               "--fid-samples", str(args.fid_samples),
+               *(["--snapshot-minutes", ",".join(map(str, args.snapshot_minutes))] if args.snapshot_minutes else []),
+               *(["--core", str(cores[index])] if len(runs) <= len(cores) else [])]
         log = (work / name / "log.txt").open("w")
         procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     start = time.perf_counter()
@@ -264,7 +361,8 @@ def render(results: dict) -> None:
     first = results[runs[0]]
     e = first["protocol"]
     lines = [machine_line(results["machine"]), "",
-             f"Every run trained with {results['threads_per_run']} thread, side by side with another, for "
+             f"Every run trained with {results['threads_per_run']} thread, "
+             f"{results.get('beside') or _beside(results.get('runs_side_by_side', 2))}, for "
              f"{results['minutes']:.0f} minutes of wall time on CIFAR-10 ({results.get('train_images', 50_000):,} "
              f"training images{' (prepare.max_images)' if results.get('max_images') else ''}, 32×32), with "
              f"the params.yaml train settings and the run's own overrides. FID: the best in-loop generator scored "
@@ -300,7 +398,42 @@ def render(results: dict) -> None:
         best = min(curve, key=lambda p: p["fid_inloop"])
         lines.append(f"| `{name}` | {best['fid_inloop']:.2f} | {best['minutes']:.1f} | {curve[-1]['fid_inloop']:.2f} "
                      f"| {curve[-1]['fid_inloop'] / best['fid_inloop']:.2f} |")
-    write_doc_section("time-to-quality" + (f"-{results['max_images']}" if results.get("max_images") else ""), lines)
+    lines += _snapshot_lines(results)
+    name = results_name(results.get("max_images"), results["minutes"])
+    write_doc_section(name.replace("_", "-"), lines)
+
+
+def _beside(runs: int) -> str:
+    if runs == 1:
+        return "alone (the other core idle)"
+    return "side by side with another" if runs == 2 else f"side by side with {runs - 1} others"
+
+
+def _snapshot_lines(results: dict) -> list[str]:
+    """The kept generators' table, each run's 30-minute Inception FID-10k from the 30-minute table beside it."""
+    runs = [name for name in results["runs"] if results[name].get("snapshots")]
+    if not runs:
+        return []
+    lines = ["", "Each run's EMA generator kept at these training minutes, scored by the same protocol:", "",
+             "| run | minutes | kimg | Inception FID-10k | FID (domain) | precision | recall | FID / best so far |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in runs:
+        snaps = results[name]["snapshots"]
+        key = "fid_inception_10k" if "fid_inception_10k" in snaps[0] else "fid"
+        for i, p in enumerate(snaps):
+            best = min(s[key] for s in snaps[:i + 1])
+            inception = f"{p['fid_inception_10k']:.2f}" if "fid_inception_10k" in p else "not measured"
+            lines.append(f"| `{name}` | {p['minutes']:g} | {p['kimg']:.0f} | {inception} | {p['fid']:.2f} | "
+                         f"{p['precision']:.3f} | {p['recall']:.3f} | {p[key] / best:.2f} |")
+    thirty = RESULTS  # the 30-minute table's seed and lite, at the end of their 30 minutes
+    if results["minutes"] != 30 and thirty.is_file():
+        recorded = json.loads(thirty.read_text())
+        beside = [f"`{n}` {recorded[n]['fid_inception_10k']:.2f} ({recorded[n]['kimg']:.0f} kimg)"
+                  for n in DEFAULT_RUNS if "fid_inception_10k" in recorded.get(n, {})]
+        if beside:
+            lines += ["", f"Beside them, at 30 minutes in the 30-minute table above (the same protocol, trained side "
+                      f"by side with one thread each): {', '.join(beside)}."]
+    return lines
 
 
 if __name__ == "__main__":

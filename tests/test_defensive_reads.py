@@ -613,3 +613,18 @@ def test_malformed_dvc_diff_output_is_one_line(reliability):
     with pytest.raises(UserError, match="^dvc params diff --json: malformed JSON output"):
         parse_diff("1" * 5000, "dvc params diff --json")  # an integer past Python's 4300-digit limit
 
+
+
+def test_the_long_run_curve_reads_as_targets_at_30_and_60_minutes(bench_repo):
+    from ganforge.benchmarking.suite import render
+
+    curve = {"summary": {"best": "default", "snapshot_key": "fid_inception_10k",
+                         "snapshot_over_best": {"10": 1.0, "20": 1.0, "30": 1.02, "60": 1.3}}}
+    (bench_repo / "bench/time_to_quality_60min.json").write_text(json.dumps(curve))
+    render(_RESULTS, bench_repo, bench_repo / "benchmarks.md")
+    rows = {line.split(" | ")[0]: line for line in (bench_repo / "benchmarks.md").read_text().splitlines()
+            if "60 min: `default`" in line}
+    assert len(rows) == 2
+    at_30, at_60 = (next(line for line in rows.values() if f"minute {m} " in line) for m in (30, 60))
+    assert "| 1.02 |" in at_30 and "**missed**" not in at_30
+    assert "| 1.3 |" in at_60 and "**missed**" in at_60

@@ -425,3 +425,19 @@ def test_time_limit_stops_early_with_complete_outputs(tmp_path, tiny_run, tiny_c
     summary = json.loads((tmp_path / "out/train.json").read_text())
     assert summary["stopped_by_time_limit"] and 0 < result.cur_nimg < 1_000_000
     assert load_checkpoint(tmp_path / "out/checkpoint.pt")["step"] == result.steps
+
+
+def test_the_step_observer_sees_every_step_with_the_ema_generator(tmp_path, tiny_run, tiny_configs):
+    from ganforge.models import GeneratorSpec
+    from ganforge.training.loop import train
+
+    cfg = _quiet(tiny_configs["train"], kimg=0.2)
+    seen: list[tuple[float, int]] = []
+
+    def observe(minutes: float, cur_nimg: int, generator: torch.nn.Module, spec: GeneratorSpec) -> None:
+        assert not generator.training and spec.arch == cfg.arch  # the EMA copy, never the trained G
+        seen.append((minutes, cur_nimg))
+
+    result = train(cfg, tiny_run.prepared, tmp_path / "out", tmp_path / "live", on_step=observe)
+    assert [nimg for _, nimg in seen] == [cfg.batch_size * (i + 1) for i in range(result.steps)]
+    assert all(0 < a <= b for (a, _), (b, _) in zip(seen, seen[1:], strict=False))

@@ -71,6 +71,9 @@ class TrainResult:
     best_kimg: float | None
 
 
+# Called after each step: (training minutes over every resume, images shown, EMA generator, its spec).
+StepObserver = Callable[[float, int, torch.nn.Module, GeneratorSpec], None]
+
 # Params that may change between an interrupted run and its resumption without invalidating the state.
 _RESUMABLE_CHANGES = ("kimg", "nproc", "device", "collective_timeout_s", "log_interval_kimg", "checkpoint_kimg",
                       "snapshot_kimg", "fid_interval_kimg", "fid_samples")
@@ -79,7 +82,8 @@ _SLOW_RANK_FACTOR = 1.5  # a rank whose compute time per step exceeds the median
 
 
 def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir: str | Path,
-          featurizer_path: str | Path | None = None, time_limit_s: float | None = None) -> TrainResult:
+          featurizer_path: str | Path | None = None, time_limit_s: float | None = None,
+          on_step: StepObserver | None = None) -> TrainResult:
     """Train G and D for ``cfg.kimg`` thousand real images; write generators and a checkpoint to ``out_dir``.
 
     ``out_dir`` receives ``generator.safetensors`` + ``.json`` (the last EMA generator),
@@ -93,18 +97,21 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
         featurizer_path: the featurizer stage's weights, needed when ``cfg.fid_interval_kimg`` > 0.
         time_limit_s: stop after this much training time and write the outputs as at the end (benchmarks
             that compare architectures at equal wall time use it; single process only).
+        on_step: called on the main process after every step with the training minutes so far, the images
+            shown, the EMA generator and its spec (a benchmark keeps generators along the way with it).
     """
     device = resolve_device(cfg.device)
     try:
         with process_group(device, cfg.collective_timeout_s), contextlib.ExitStack() as cleanup:
             return _train(cfg, Path(data_dir), Path(out_dir), Path(live_dir), featurizer_path, time_limit_s, device,
-                          cleanup)
+                          cleanup, on_step)
     except KeyboardInterrupt:
         raise Interrupted(f"training interrupted; {_kept_checkpoint(Path(out_dir) / CHECKPOINT)}") from None
 
 
 def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, featurizer_path: str | Path | None,
-           time_limit_s: float | None, device: torch.device, cleanup: contextlib.ExitStack) -> TrainResult:
+           time_limit_s: float | None, device: torch.device, cleanup: contextlib.ExitStack,
+           on_step: StepObserver | None) -> TrainResult:
     world, main = world_size(), is_main_process()
     split = load_split(data_dir, "train")
     if cfg.batch_size % world:
@@ -264,6 +271,8 @@ def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, feat
             total_steps = step  # stop here and write the outputs as at the end
         window.add(d_stats, loss_r1, loss_g, time.perf_counter() - step_start, waited_s)
         progress.update(round(cur_nimg / 1000, 3) - progress.n)
+        if on_step is not None and main:
+            on_step(trained_s() / 60, cur_nimg, ema.average, spec)
 
         last = step == total_steps
         snapshot_due = grid is not None and (crossed(cfg.snapshot_kimg, cur_nimg) or last)
