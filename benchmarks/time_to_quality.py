@@ -259,30 +259,27 @@ def score_snapshots(directory: Path, evaluate_cfg, reference_cfg, work: Path, in
     the scores are kept in ``directory/scores.json`` and reused."""
     from tqdm import tqdm
 
-    from ganforge.evaluation.evaluate import inception_figures
     from ganforge.evaluation.fidelity import INCEPTION_EXTRACTOR
     from ganforge.evaluation.protocol import make_protocol, score_generator
     from ganforge.models import load_generator
 
     kept = directory / "scores.json"
     scores = json.loads(kept.read_text()) if kept.is_file() else {}
-    rows = []
-    for snap in tqdm(json.loads((directory / "snapshots.json").read_text()), desc=f"scoring {directory.parent.name}"
-                     " snapshots", unit="generator"):
-        if snap["file"] not in scores or ("fid_inception_10k" in scores[snap["file"]]) != inception:
-            generator, spec = load_generator(directory / snap["file"])
-            domain = score_generator(generator, spec.z_dim, make_protocol(
-                evaluate_cfg, reference_cfg, work / "reference", work / "featurizer.safetensors"))
-            score = {"fid": domain["fid"], "precision": domain["precision"], "recall": domain["recall"]}
-            if inception:
-                figures = inception_figures(generator, spec.z_dim, make_protocol(
-                    evaluate_cfg, reference_cfg, work / "reference", work / "featurizer.safetensors",
-                    INCEPTION_EXTRACTOR))
-                score["fid_inception_10k"] = figures["fid_inception_10k"]
-            scores[snap["file"]] = score
-            kept.write_text(json.dumps(scores, indent=1))
-        rows.append(snap | scores[snap["file"]])
-    return rows
+    snaps = json.loads((directory / "snapshots.json").read_text())
+    todo = [s for s in snaps if s["file"] not in scores or ("fid_inception_10k" in scores[s["file"]]) != inception]
+    protocols = {name: make_protocol(evaluate_cfg, reference_cfg, work / "reference", work / "featurizer.safetensors",
+                                     *extractor)  # made once, for the snapshots still to score
+                 for name, extractor in (("domain", ()), ("inception", (INCEPTION_EXTRACTOR,)))
+                 if todo and (inception or name == "domain")}
+    for snap in tqdm(todo, desc=f"scoring {directory.parent.name} snapshots", unit="generator"):
+        generator, spec = load_generator(directory / snap["file"])
+        domain = score_generator(generator, spec.z_dim, protocols["domain"])
+        scores[snap["file"]] = {"fid": domain["fid"], "precision": domain["precision"], "recall": domain["recall"]}
+        if inception:
+            scores[snap["file"]]["fid_inception_10k"] = score_generator(generator, spec.z_dim,
+                                                                        protocols["inception"])["fid"]
+        kept.write_text(json.dumps(scores, indent=1))
+    return [snap | scores[snap["file"]] for snap in snaps]
 
 
 def summary(results: dict) -> dict:
