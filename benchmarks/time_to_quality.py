@@ -79,7 +79,7 @@ def parse_run(text: str) -> tuple[str, dict]:
 
 class MinuteSnapshots:
     """A train ``on_step`` observer: save the EMA generator the first time the training minutes reach each
-    mark, into ``directory`` (``ema-010min.safetensors``), listed with its kimg in ``snapshots.json``."""
+    mark, into ``directory`` (``ema-010.0min.safetensors``), listed with its kimg in ``snapshots.json``."""
 
     def __init__(self, directory: Path, marks: list[float]) -> None:
         self.directory, self.marks, self.taken = directory, sorted(marks), []
@@ -295,10 +295,17 @@ def summary(results: dict) -> dict:
         out["baseline_fid"] = min(results[name][key] for name in DEFAULT_RUNS)
     snapshots = results[best].get("snapshots")
     if snapshots:  # the kept generators' curve: each mark's FID over the best up to it
-        fids = [s.get("fid_inception_10k", s["fid"]) for s in snapshots]
-        out["snapshot_key"] = "fid_inception_10k" if "fid_inception_10k" in snapshots[0] else "fid"
-        out["snapshot_over_best"] = {f"{s['minutes']:g}": fids[i] / min(fids[:i + 1]) for i, s in enumerate(snapshots)}
+        out["snapshot_key"], ratios = over_best_so_far(snapshots)
+        out["snapshot_over_best"] = {f"{s['minutes']:g}": ratio for s, ratio in zip(snapshots, ratios, strict=True)}
     return out
+
+
+def over_best_so_far(snapshots: list[dict]) -> tuple[str, list[float]]:
+    """The FID the kept generators are judged by (Inception FID-10k when measured, else domain) and each one's
+    FID over the lowest up to it."""
+    key = "fid_inception_10k" if "fid_inception_10k" in snapshots[0] else "fid"
+    fids = [s[key] for s in snapshots]
+    return key, [fid / min(fids[:i + 1]) for i, fid in enumerate(fids)]
 
 
 def _inception_as_asked(scored: Path, inception: bool) -> bool:
@@ -402,7 +409,7 @@ def render(results: dict) -> None:
 
 def _beside(runs: int) -> str:
     if runs == 1:
-        return "alone (the other core idle)"
+        return "alone"
     return "side by side with another" if runs == 2 else f"side by side with {runs - 1} others"
 
 
@@ -416,15 +423,12 @@ def _snapshot_lines(results: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for name in runs:
         snaps = results[name]["snapshots"]
-        key = "fid_inception_10k" if "fid_inception_10k" in snaps[0] else "fid"
-        for i, p in enumerate(snaps):
-            best = min(s[key] for s in snaps[:i + 1])
+        for p, ratio in zip(snaps, over_best_so_far(snaps)[1], strict=True):
             inception = f"{p['fid_inception_10k']:.2f}" if "fid_inception_10k" in p else "not measured"
             lines.append(f"| `{name}` | {p['minutes']:g} | {p['kimg']:.0f} | {inception} | {p['fid']:.2f} | "
-                         f"{p['precision']:.3f} | {p['recall']:.3f} | {p[key] / best:.2f} |")
-    thirty = RESULTS  # the 30-minute table's seed and lite, at the end of their 30 minutes
-    if results["minutes"] != 30 and thirty.is_file():
-        recorded = json.loads(thirty.read_text())
+                         f"{p['precision']:.3f} | {p['recall']:.3f} | {ratio:.2f} |")
+    if results["minutes"] != 30 and RESULTS.is_file():  # the 30-minute table's seed and lite, at their end
+        recorded = json.loads(RESULTS.read_text())
         beside = [f"`{n}` {recorded[n]['fid_inception_10k']:.2f} ({recorded[n]['kimg']:.0f} kimg)"
                   for n in DEFAULT_RUNS if "fid_inception_10k" in recorded.get(n, {})]
         if beside:
