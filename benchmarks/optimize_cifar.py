@@ -127,7 +127,8 @@ def render(results: dict) -> None:
     reused = (f" Reused from an earlier run in the same work directory: {', '.join(results['reused'])}."
               if results["reused"] else "")
     lines = [machine_line(results["machine"]), "",
-             f"`lite` (width 1.0) trained on CIFAR-10 at 32×32 for {results['minutes']:.0f} minutes of wall time "
+             f"`lite` (width 1.0) under the params.yaml train recipe, trained on CIFAR-10 at 32×32 for "
+             f"{results['minutes']:.0f} minutes of wall time "
              f"({results['lite_kimg']:.0f} kimg), then every variant timed side by side in one run "
              f"({results['machine']['torch_threads']} threads, median of interleaved repeats) and scored by the "
              f"evaluate protocol (2000 samples, domain features, train split). Pruning ratio "

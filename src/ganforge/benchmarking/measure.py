@@ -98,7 +98,11 @@ def machine() -> dict:
 
 
 def machine_line(m: dict) -> str:
-    return f"Measured on {m['cores']} cores ({m['cpu']}), torch {m['torch']}, Python {m['python']}."
+    """The sentence a page opens with: cores, CPU and its vector flags (the same model name comes with and
+    without AVX-512), torch and Python."""
+    flags = ("flags not recorded" if "cpu_flags" not in m
+             else ", ".join(m["cpu_flags"]) or "none of AVX2, AVX-512 or AMX")
+    return f"Measured on {m['cores']} cores ({m['cpu']}; {flags}), torch {m['torch']}, Python {m['python']}."
 
 
 def write_doc_section(doc: Path, name: str, lines: list[str]) -> None:
