@@ -114,7 +114,7 @@ def render(results: Any, repo: Path, doc: Path, source: str = "--results") -> No
     check_results(results, source)
     m, c = results["machine"], results["ceilings"]
     mode = "`ganforge bench --quick`" if results["quick"] else "`ganforge bench`"
-    lines = [machine_line(m) + f" onnxruntime "
+    lines = [machine_line(m) + " onnxruntime "
              f"{m['onnxruntime']}; {m['torch_threads']} threads. {mode}, {results['date']}, {results['wall_s']:.0f} s. "
              "Median of repeats (min–max).", "",
              "| ceiling | measured |", "|---|---|",
