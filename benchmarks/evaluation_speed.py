@@ -68,7 +68,7 @@ def cifar(archive: Path, work: Path, featurizer_epochs: int, samples: int) -> di
     import torch_fidelity
     from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleWrapper
 
-    from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, config_from_dict
+    from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, stage_config
     from ganforge.evaluation.features import load_featurizer, train_featurizer
     from ganforge.evaluation.fidelity import UInt8Generator
     from ganforge.evaluation.protocol import make_protocol, score_generator
@@ -78,7 +78,7 @@ def cifar(archive: Path, work: Path, featurizer_epochs: int, samples: int) -> di
     params = read_params(REPO / "params.yaml")
 
     def load(cls, **overrides):
-        return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION] | overrides)
+        return stage_config(cls, params, **overrides)
 
     out: dict = {}
     print("preparing CIFAR-10 ...", flush=True)

@@ -105,7 +105,7 @@ def ceiling(image: torch.Tensor, extractor: torch.nn.Module) -> dict:
     a multiply-add counting 2) against the best fp32 matrix-multiply rate measured in this run."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ganforge.benchmarking.ceilings import fp32_gemm_gflops
+    from ganforge.measurement.ceilings import fp32_gemm_gflops
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         extractor(image)

@@ -10,8 +10,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ganforge.benchmarking import measure as _measure
-from ganforge.benchmarking.measure import machine, machine_line  # noqa: F401 (re-exported for the scripts)
+from ganforge.benchmarking import page as _page
+from ganforge.measurement import timing as _timing
+from ganforge.measurement.machine import machine, machine_line  # noqa: F401 (re-exported for the scripts)
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs/benchmarks.md"
@@ -20,13 +21,13 @@ DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
 
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
     """Wall seconds (0.1 s) and peak process-tree RSS (MiB) of ``cmd``."""
-    result = _measure.timed(cmd, cwd, env)
+    result = _timing.timed(cmd, cwd, env)
     return {"wall_s": round(result["wall_s"], 1), "peak_rss_mib": round(result["peak_rss_mib"])}
 
 
 def write_doc_section(name: str, lines: list[str]) -> None:
     """Replace (or append) the generated section ``name`` of docs/benchmarks.md."""
-    _measure.write_doc_section(DOC, name, lines)
+    _page.write_doc_section(DOC, name, lines)
 
 
 def save_results(path: Path, results: dict, render: Callable[[dict], None]) -> None:

@@ -27,7 +27,7 @@ from time_to_quality import _configs, reference_matches
 from ganforge.config import read_params
 
 RESULTS = REPO / "bench/optimize_cifar.json"
-VARIANTS = ("fused", "banded", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8",
+VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8",
             "pruned+bf16", "pruned+bf16+compiled", "pruned+onnxruntime")
 # "A pruned or quantized variant", read two ways: strictly (channel pruning or int8), and with the reduced
 # float types too (TFLite, for one, calls casting weights to float16 "float16 quantization").
@@ -39,7 +39,7 @@ TARGETS = {"speedup_vs_lite_fp32": 3.0, "fid_ratio": 1.1}
 def run(args: argparse.Namespace, work: Path) -> dict:
     import torch
 
-    from ganforge.config import OptimizeConfig, config_from_dict
+    from ganforge.config import OptimizeConfig, stage_config
     from ganforge.evaluation.features import train_featurizer
     from ganforge.evaluation.reference import compute_reference
     from ganforge.optimization.optimize import optimize
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     trained = json.loads((lite_dir / "result.json").read_text())
 
     params = read_params(REPO / "params.yaml")
-    cfg = config_from_dict(OptimizeConfig, {k: params[k] for k in OptimizeConfig.TOP_LEVEL} | params["optimize"])
+    cfg = stage_config(OptimizeConfig, params)
     cfg = dataclasses.replace(cfg, variants=tuple(args.variants), prune_ratio=args.prune_ratio,
                               fid_units="inception" if args.inception else "domain",
                               int8_backend=args.int8_backend,
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 def best_compressed(rows: dict, steps: set[str]) -> dict:
     """The fastest variant at batch 256 using one of ``steps``, preferring those within the FID target."""
-    from ganforge.optimization.variants import variant_steps
+    from ganforge.runtime.variants import variant_steps
 
     base = rows["fp32"]
     candidates = {name: row for name, row in rows.items() if set(variant_steps(name)) & steps}

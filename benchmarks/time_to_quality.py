@@ -46,12 +46,12 @@ DEFAULT_RUNS = {"seed": {"arch": "seed"} | BASELINE_RECIPE, "lite": {"arch": "li
 
 def _configs(run: dict, fid_interval_kimg: float, fid_samples: int) -> tuple:
     """(train, featurizer, reference, evaluate) configs: params.yaml with ``run``'s train overrides."""
-    from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, TrainConfig, config_from_dict
+    from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, TrainConfig, stage_config
 
     params = read_params(REPO / "params.yaml")
 
     def load(cls, **overrides):
-        return config_from_dict(cls, {k: params[k] for k in cls.TOP_LEVEL} | params[cls.SECTION] | overrides)
+        return stage_config(cls, params, **overrides)
 
     # An endless budget: the time limit ends the run. Checkpoints are rare; they are not what is measured.
     train_cfg = load(TrainConfig, **run, kimg=1e6, checkpoint_kimg=1e5, fid_interval_kimg=fid_interval_kimg,

@@ -31,7 +31,7 @@ TINY = {
     "featurizer": {"epochs": 5, "max_minutes": None},  # no wall-clock bound: the same net on a busy machine
     "evaluate": {"num_samples": 200, "batch_size": 100, "kid_subset_size": 100, "kid_subsets": 10, "grid_size": 16,
                  "speed_batch": 64, "speed_repeats": 3, "nearest_count": 4},
-    "optimize": {"variants": ["fp32", "fused", "int8", "bf16", "onnxruntime", "pruned+fused", "pruned+banded",
+    "optimize": {"variants": ["fp32", "fused", "int8", "bf16", "onnxruntime", "pruned+fused",
                               "pruned+direct"],
                  "batch": 16,
                  "speed_batches": [1, 16, 32], "warmup": 1, "repeats": 3, "calibration_batches": 2,
@@ -80,13 +80,9 @@ class TinyRun:
 
 
 def _configs(params: dict) -> dict:
-    from ganforge.config import STAGE_CONFIGS, config_from_dict
+    from ganforge.config import STAGE_CONFIGS, stage_config
 
-    configs = {}
-    for section, cls in STAGE_CONFIGS.items():
-        values = {k: params[k] for k in cls.TOP_LEVEL} | params[section]
-        configs[section] = config_from_dict(cls, values)
-    return configs
+    return {section: stage_config(cls, params) for section, cls in STAGE_CONFIGS.items()}
 
 
 @pytest.fixture(scope="session")

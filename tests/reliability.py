@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from ganforge.benchmarking.measure import write_doc_section
+from ganforge.benchmarking.page import write_doc_section
 
 MARKER = "reliability"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -356,3 +357,14 @@ def test_merge_keys_are_read_as_dvc_reads_them(tmp_path):
     path.write_text("seed: 0\ntrain:\n  <<: {kimg: 1, batch_size: 32}\n  kimg: 2\n")
     cfg = load_stage_config(TrainConfig, path)
     assert (cfg.kimg, cfg.batch_size) == (2.0, 32)
+
+
+def test_the_typed_defaults_are_the_shipped_params_value_for_value():
+    from ganforge.config import STAGE_CONFIGS, read_params, stage_config
+
+    params = read_params(REPO / "params.yaml")
+    for section, cls in STAGE_CONFIGS.items():
+        shipped, default = stage_config(cls, params), cls()
+        differing = {f.name: (getattr(default, f.name), getattr(shipped, f.name))
+                     for f in dataclasses.fields(cls) if getattr(default, f.name) != getattr(shipped, f.name)}
+        assert not differing, f"{section}: default != params.yaml: {differing}"

@@ -149,7 +149,7 @@ def _other_onnx_graph(z_dim: int, resolution: int, declared: bool):
         import onnx
 
         from ganforge.models import GeneratorSpec, build_generator
-        from ganforge.packaging.onnx import export_onnx
+        from ganforge.runtime.onnx import export_onnx
 
         path = package / "generator.onnx"
         export_onnx(build_generator(GeneratorSpec("seed", z_dim, resolution, 1)), z_dim, path, opset=17)
@@ -400,7 +400,7 @@ def test_fuzzed_bench_files_render_or_are_one_line(bench_repo, reliability, name
 def test_fuzzed_spec_and_recipe_records_are_checked_or_one_line(reliability, spec, recipe):
     from ganforge.models import GeneratorSpec
     from ganforge.models.registry import MAX_Z_DIM, RESOLUTIONS
-    from ganforge.optimization.variants import Recipe
+    from ganforge.runtime.variants import Recipe
 
     refused = 0
     for read, value in ((GeneratorSpec.from_dict, spec), (Recipe.from_dict, recipe)):
@@ -422,9 +422,9 @@ def test_fuzzed_spec_and_recipe_records_are_checked_or_one_line(reliability, spe
 def test_fuzzed_optimize_report_is_checked_before_the_model_card(tiny_run, tiny_configs, reliability, tmp_path, data,
                                                                   value):
     from ganforge.models import load_generator
-    from ganforge.optimization.variants import Recipe
     from ganforge.packaging.build import read_report
     from ganforge.packaging.card import model_card
+    from ganforge.runtime.variants import Recipe
 
     report = json.loads((tiny_run.optimized / "optimize.json").read_text())
     recipe = Recipe.from_dict(json.loads((tiny_run.optimized / "recipe.json").read_text()))

@@ -44,8 +44,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+# The small seed GAN with the plain loss: these tests are of the process group, and it is the cheapest to run.
 TRAIN = {"kimg": 1.0, "batch_size": 32, "log_interval_kimg": 0.25, "checkpoint_kimg": 0.25, "ema_kimg": 0.5,
-         "fid_interval_kimg": 0, "snapshot_kimg": 0, "nproc": 2}
+         "fid_interval_kimg": 0, "snapshot_kimg": 0, "nproc": 2, "arch": "seed", "loss": "nonsaturating",
+         "r1_gamma": 0.0, "r2_gamma": 0.0, "d_batchnorm": True, "beta1": 0.5, "beta2": 0.999, "ema_rampup": 0.0}
 
 
 def _torchrun(tmp_path: Path, prepared: Path, out: str, train: dict, fault: str | None = None,

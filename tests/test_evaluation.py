@@ -31,11 +31,32 @@ def test_featurizer_learns_the_classes(tiny_run):
 
 def test_featurizer_ends_its_schedule_at_the_time_bound(tiny_run, tiny_configs, tmp_path):
     ticks = iter(range(0, 10**6, 20))  # a clock that moves 20 s per reading, however fast the machine is
-    cfg = dataclasses.replace(tiny_configs["featurizer"], max_minutes=1.0)
+    # 3 minutes: half goes to the final passes' reserve, the first readings to loading; a few steps remain.
+    cfg = dataclasses.replace(tiny_configs["featurizer"], max_minutes=3.0)
     metrics = train_featurizer(cfg, tiny_run.prepared, tmp_path / "f.safetensors", tmp_path / "f.json",
                                clock=lambda: next(ticks))
     assert metrics["stopped"] == "time" and 0 < metrics["epochs"] < 1 and metrics["minutes"] >= 1
     assert json.loads((tmp_path / "f.json").read_text()) == metrics
+
+
+def test_half_side_is_the_rounded_mean_of_each_2x2_block():
+    images = torch.tensor([[[[0, 1, 10, 20], [2, 3, 30, 40], [255, 255, 0, 0], [255, 254, 0, 1]]]], dtype=torch.uint8)
+    assert features.half_side(images).tolist() == [[[[2, 25], [255, 0]]]]  # 1.5 -> 2, 254.75 -> 255, 0.25 -> 0
+
+
+def test_the_first_share_of_the_schedule_trains_at_half_size(tmp_path, tiny_configs, monkeypatch):
+    from ganforge.config import PrepareConfig
+    from ganforge.data.prepare import prepare
+
+    prepare(PrepareConfig(source="digits", resolution=32, max_images=300), tmp_path / "prepared", tmp_path / "g.png")
+    sides = []
+    forward = features.DomainFeatureNet.forward
+    monkeypatch.setattr(features.DomainFeatureNet, "forward",
+                        lambda net, x: (sides.append(x.shape[-1]) if net.training else None) or forward(net, x))
+    cfg = dataclasses.replace(tiny_configs["featurizer"], epochs=4, low_res_share=0.5, patience=0)
+    train_featurizer(cfg, tmp_path / "prepared", tmp_path / "f.safetensors", tmp_path / "f.json")
+    # Training steps only (scoring is in eval mode): the first half at 16 px, then 32 px to the end.
+    assert sides == sorted(sides) and set(sides) == {16, 32} and sides.count(16) == len(sides) // 2
 
 
 def test_featurizer_stops_once_heldout_accuracy_stops_improving(tiny_run, tiny_configs, tmp_path, monkeypatch):

@@ -11,22 +11,20 @@ import torch
 import torch.nn.functional as F
 
 from ganforge.errors import UserError
-from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
-from ganforge.optimization import benchmark
-from ganforge.optimization import direct as direct_form
-from ganforge.optimization.banded import BandedUpsampling
-from ganforge.optimization.benchmark import (
-    GemmProbe,
+from ganforge.measurement import speed as benchmark
+from ganforge.measurement.ceilings import GemmProbe
+from ganforge.measurement.speed import (
     flops_per_image,
     peak_tensor_mib,
     serialized_bytes,
     time_generators,
 )
-from ganforge.optimization.direct import BatchInnermostLinear, DirectUpsampling, compile_kernel, register_block
-from ganforge.optimization.overlap import OverlapAddUpsampling, _overlap_add_in_place, _overlap_add_traced
+from ganforge.models import GeneratorSpec, build_generator, load_generator, save_generator
 from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
-from ganforge.optimization.variants import (
+from ganforge.runtime import direct as direct_form
+from ganforge.runtime.direct import BatchInnermostLinear, DirectUpsampling, compile_kernel, register_block
+from ganforge.runtime.variants import (
     OnnxRuntimeGenerator,
     Recipe,
     batchnorm_fold_pairs,
@@ -106,7 +104,7 @@ def test_optimize_outputs(tiny_run, tiny_configs):
 
 @pytest.mark.parametrize("name, steps", [("fp32", ()), ("fused", ("fused",)), ("pruned+bf16+compiled",
                                           ("pruned", "bf16", "compiled")), ("pruned+onnxruntime",
-                                          ("pruned", "onnxruntime")), ("pruned+banded", ("pruned", "banded"))])
+                                          ("pruned", "onnxruntime")), ("pruned+direct", ("pruned", "direct"))])
 def test_variant_names_parse_into_steps(name, steps):
     assert variant_steps(name) == steps
 
@@ -114,8 +112,10 @@ def test_variant_names_parse_into_steps(name, steps):
 @pytest.mark.parametrize("name, message", [
     ("fast", "unknown step 'fast'"), ("fused+pruned", "at most one step of each kind, in the order"),
     ("fused+int8", "at most one step of each kind"), ("int8+onnxruntime", "the ONNX export is of the float model"),
-    ("int8+compiled", "torch.compile does not take"), ("banded+onnxruntime", "the ONNX export is of the float model"),
-    ("fused+banded", "at most one step of each kind"),
+    ("int8+compiled", "torch.compile does not take"), ("direct+onnxruntime", "the ONNX export is of the float model"),
+    ("fused+direct", "at most one step of each kind"),
+    ("pruned+banded", "uses the banded form, which this version of ganforge no longer has: run it with "
+                      "--runtime onnxruntime, or rebuild the package"),
 ])
 def test_bad_variant_names_are_one_line_errors(name, message, reliability):
     reliability.bad_input()
@@ -227,7 +227,7 @@ def test_measuring_peak_memory_leaves_the_output_clean():
     import sys
 
     code = ("import sys, torch\n"
-            "from ganforge.optimization.benchmark import peak_tensor_mib\n"
+            "from ganforge.measurement.speed import peak_tensor_mib\n"
             "assert peak_tensor_mib(torch.nn.Linear(4, 8), 4, 16) > 0\n"
             "print('after', file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -242,7 +242,7 @@ def test_a_compiled_variant_reports_the_peak_memory_of_its_eager_form():
     from ganforge.optimization.optimize import _peak_memory
 
     spec = GeneratorSpec("seed", 16, 32, 1)
-    eager = build_variant(Recipe("overlap"), _with_batchnorm_statistics(spec), spec.z_dim)
+    eager = build_variant(Recipe("fused"), _with_batchnorm_statistics(spec), spec.z_dim)
 
     class OpaqueGraph(torch.nn.Module):  # allocates its output and nothing the profiler can see
         def __init__(self) -> None:
@@ -260,7 +260,7 @@ def test_a_compiled_variant_reports_the_peak_memory_of_its_eager_form():
 
 @pytest.mark.parametrize("arch, width", [("dcgan", 0.25), ("lite", 1.0)])
 def test_every_architecture_folds_quantizes_and_exports(tmp_path, arch, width):
-    from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
+    from ganforge.runtime.onnx import export_onnx, onnx_session, run_onnx
 
     spec = GeneratorSpec(arch, 16, 32, 3, width)
     generator = _with_batchnorm_statistics(spec)
@@ -279,7 +279,7 @@ def test_every_architecture_folds_quantizes_and_exports(tmp_path, arch, width):
 
 @pytest.mark.parametrize(("c_in", "c_out", "side", "bias"), [(16, 1, 16, True), (32, 16, 8, False), (5, 3, 3, True)])
 def test_sub_pixel_form_equals_the_transposed_conv(c_in, c_out, side, bias):
-    from ganforge.optimization.variants import SubPixelConvTranspose
+    from ganforge.runtime.variants import SubPixelConvTranspose
 
     torch.manual_seed(0)
     convt = torch.nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=bias).eval()
@@ -299,7 +299,7 @@ def _with_batchnorm_statistics(spec: GeneratorSpec, seed: int = 0) -> torch.nn.M
     return generator.eval()
 
 
-_LOWERED = {"banded": BandedUpsampling, "overlap": OverlapAddUpsampling, "direct": DirectUpsampling}
+_LOWERED = {"direct": DirectUpsampling}
 
 
 @pytest.mark.parametrize("form", sorted(_LOWERED))
@@ -333,25 +333,6 @@ def test_lowered_forms_are_a_clear_error_where_there_is_nothing_to_lower(form, r
     lite = build_generator(GeneratorSpec("lite", 16, 32, 3)).eval()
     with pytest.raises(UserError, match=rf"^{form}: LiteGenerator has no stride-2 transposed convolutions"):
         build_variant(Recipe(form), lite, 16)
-
-
-@pytest.mark.parametrize(("height", "width"), [(1, 1), (3, 5), (8, 8)])
-def test_overlap_add_has_one_meaning_eager_and_traced(height, width):
-    """The eager overlap-add (writes into views) and the pure one that torch.compile traces agree, on odd and
-    one-pixel sides too."""
-    taps, bias = torch.randn(4, 4, 3, height, width, 5), torch.randn(3)
-    eager, traced = _overlap_add_in_place(taps, bias), _overlap_add_traced(taps, bias)
-    assert eager.shape == (3, 2 * height, 2 * width, 5)
-    assert torch.allclose(eager, traced, atol=1e-6)
-
-
-def test_overlap_form_traces_under_torch_compile():
-    generator = _with_batchnorm_statistics(GeneratorSpec("seed", 16, 16, 1))
-    lowered = build_variant(Recipe("overlap"), generator, 16)
-    traced = torch.compile(lowered, backend="eager", fullgraph=True)  # dynamo's trace only: no C++ build here
-    z = torch.randn(4, 16)
-    with torch.no_grad():
-        assert torch.allclose(traced(z), generator(z), atol=1e-5)
 
 
 @pytest.mark.parametrize(("c_in", "c_out", "side", "batch", "activation"), [
@@ -423,7 +404,7 @@ def test_direct_kernel_is_compiled_once_per_shape(tmp_path, monkeypatch):
     built_at = first.stat().st_mtime_ns
     assert compile_kernel(2, 3) == first and first.stat().st_mtime_ns == built_at
     assert compile_kernel(3, 2) != first
-    monkeypatch.setattr(direct_form, "_cpu_identity", lambda: "another CPU")  # a cluster node sharing the cache
+    monkeypatch.setattr(direct_form, "cpu_identity", lambda: "another CPU")  # a cluster node sharing the cache
     assert compile_kernel(2, 3) != first
     assert sorted(p.suffix for p in first.parent.iterdir()) == [".so"] * 3  # no temporary files left
 
@@ -443,13 +424,6 @@ def test_direct_with_an_unwritable_kernel_cache_is_a_one_line_error(tmp_path, mo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(UserError, match=r"^direct: cannot write the kernel cache .*ganforge/kernels: "):
         compile_kernel(5, 7)
-
-
-def test_banded_layers_refuse_a_width_they_were_not_built_for():
-    convt = torch.nn.ConvTranspose2d(4, 2, kernel_size=4, stride=2, padding=1)
-    layers = BandedUpsampling([(convt, torch.nn.ReLU())], width=8)
-    with pytest.raises(ValueError, match="built for inputs 8 pixels wide, got 4"):
-        layers(torch.randn(2, 4, 4, 4))
 
 
 def test_a_variant_that_fails_to_build_is_reported_and_the_others_go_on(tiny_run, tiny_configs, tmp_path,
@@ -500,7 +474,7 @@ def test_when_no_variant_meets_the_budget_the_stage_says_so_and_keeps_the_baseli
 
 
 def test_int8_keeps_gating_products_and_the_output_tanh_in_float_and_says_so():
-    from ganforge.optimization.variants import float_layers
+    from ganforge.runtime.variants import float_layers
 
     spec = GeneratorSpec("lite", 16, 32, 3)
     generator = _with_batchnorm_statistics(spec)

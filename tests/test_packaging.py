@@ -239,3 +239,46 @@ def test_a_pruned_winner_packages_and_loads_with_its_smaller_shapes(tiny_run, ti
     for runtime in ("torch", "onnxruntime"):
         images = load_package(tmp_path / "package", runtime).generate(z).int()
         assert images.shape == expected.shape and (images - expected).abs().max() <= 1
+
+
+def _edit_config(package: Path, edit) -> None:
+    """Change config.json with ``edit(config)`` and re-sign it in the manifest, as a package built so would be."""
+    import hashlib
+
+    config_path = package / "config.json"
+    config = json.loads(config_path.read_text())
+    edit(config)
+    config_path.write_text(json.dumps(config))
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["files"]["config.json"] = hashlib.sha256(config_path.read_bytes()).hexdigest()
+    (package / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_package_records_its_format_version(tiny_run):
+    from ganforge.packaging.package import FORMAT_VERSION
+
+    for name in ("config.json", "manifest.json"):
+        assert json.loads((tiny_run.package / name).read_text())["format_version"] == FORMAT_VERSION
+
+
+def test_a_version_one_package_naming_a_removed_form_runs_under_onnxruntime_only(package_copy, reliability):
+    def to_version_one_banded(config: dict) -> None:
+        del config["format_version"]  # version 1 packages had no field
+        config["recipe"]["variant"] = "pruned+banded" if config["generator"].get("pruned") else "banded"
+
+    _edit_config(package_copy, to_version_one_banded)
+    reliability.bad_input()
+    with pytest.raises(UserError, match=r"config\.json: recipe\.variant: '(pruned\+)?banded' uses the banded form, "
+                                        r"which this version of ganforge no longer has: run it with --runtime "
+                                        r"onnxruntime, or rebuild the package$"):
+        load_package(package_copy, "torch")
+    package = load_package(package_copy, "onnxruntime")
+    assert package.generate(torch.randn(2, package.spec.z_dim)).shape[0] == 2
+
+
+def test_a_package_from_a_newer_format_is_refused_in_one_line(package_copy, reliability):
+    _edit_config(package_copy, lambda config: config.update(format_version=99))
+    reliability.bad_input()
+    with pytest.raises(UserError, match=r"config\.json: format_version: this ganforge reads versions 1 to \d+, "
+                                        r"got 99 \(made by a newer ganforge\? upgrade it\)$"):
+        load_package(package_copy)

@@ -108,7 +108,7 @@ def test_a_param_edit_reruns_exactly_the_stages_that_read_it(repo, key, value, a
 
 @pytest.mark.parametrize(
     ("edited", "affected"),
-    [("src/ganforge/packaging/onnx.py", {"optimize", "package"}),
+    [("src/ganforge/runtime/onnx.py", {"optimize", "package"}),
      ("src/ganforge/data/decode.py", {"prepare"}),
      ("src/ganforge/training/losses.py", {"train", "optimize"}),  # optimize's distillation uses G's loss
      ("src/ganforge/evaluation/reference.py", {"reference", "evaluate", "optimize", "package"})],

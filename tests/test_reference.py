@@ -98,7 +98,7 @@ def test_a_missing_cache_file_is_named(tiny_run, tiny_configs, reference_copy, r
 
 
 def test_an_onnx_export_scores_like_its_module(tiny_protocol, trained, tmp_path):
-    from ganforge.packaging.onnx import export_onnx
+    from ganforge.runtime.onnx import export_onnx
 
     generator, spec = trained
     path = tmp_path / "generator.onnx"

@@ -190,7 +190,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_names_it(tmp_path, tiny_run, relia
     import yaml
 
     settings = {"kimg": 8.0, "batch_size": 32, "log_interval_kimg": 0.5, "checkpoint_kimg": 0.4, "ema_kimg": 0.5,
-                "snapshot_kimg": 0, "fid_interval_kimg": 0}
+                "snapshot_kimg": 0, "fid_interval_kimg": 0, "arch": "seed"}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"train": settings}))
     out, marker = tmp_path / "out", tmp_path / "paused"
@@ -221,7 +221,7 @@ cfg = config_from_dict(TrainConfig, {{"kimg": 8.0, "batch_size": 32, "log_interv
                                       "checkpoint_kimg": 0.4, "ema_kimg": 0.5, "augment": "color,translation",
                                       "ada_target": 0.6, "ada_kimg": 2.0, "fid_interval_kimg": 2.0,
                                       "fid_samples": 100, "snapshot_kimg": 0, "r1_gamma": 0.1, "r1_interval": 4,
-                                      "lr_schedule": "cosine", "warmup_kimg": 1.0}})
+                                      "lr_schedule": "cosine", "warmup_kimg": 1.0, "arch": "seed"}})
 train(cfg, {data!r}, sys.argv[1], sys.argv[2], featurizer_path={featurizer!r})
 """
 

@@ -3,6 +3,9 @@
 ``params.yaml`` has the top-level keys ``seed`` and ``lr`` and one section per stage. Each stage loads its
 section (plus the top-level keys it declares in ``TOP_LEVEL``) into a frozen dataclass. Unknown keys, wrong
 types and out-of-range values raise :class:`UserError` naming the key and the value.
+
+The dataclasses' defaults are the repository's ``params.yaml``, value for value (``tests/test_config.py``
+holds them equal), so a config built in code and a stage run on the shipped params are the same recipe.
 """
 
 from __future__ import annotations
@@ -172,29 +175,29 @@ class TrainConfig(StageConfig):
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed", "lr")
     seed: int = 0
     lr: float = 0.0002
-    arch: Literal["seed", "dcgan", "lite"] = "seed"
+    arch: Literal["seed", "dcgan", "lite"] = "lite"
     width: float = _param(1.0, gt=0.0, le=16.0)
     z_dim: int = _param(100, ge=1, le=4096)
     batch_size: int = _param(64, ge=2, le=65536)  # BatchNorm needs two samples per batch
     kimg: float = _param(200.0, gt=0.0, le=_MAX_KIMG)
-    loss: Literal["nonsaturating", "hinge", "rpgan"] = "nonsaturating"
-    r1_gamma: float = _param(0.0, ge=0.0, le=1e6)
-    r2_gamma: float = _param(0.0, ge=0.0, le=1e6)
+    loss: Literal["nonsaturating", "hinge", "rpgan"] = "rpgan"
+    r1_gamma: float = _param(0.05, ge=0.0, le=1e6)
+    r2_gamma: float = _param(0.05, ge=0.0, le=1e6)
     r1_interval: int = _param(16, ge=1, le=1_000_000)
     d_lr_ratio: float = _param(1.0, gt=0.0, le=100.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_kimg: float = _param(0.0, ge=0.0, le=_MAX_KIMG)
-    beta1: float = _param(0.5, ge=0.0, lt=1.0)
-    beta2: float = _param(0.999, ge=0.0, lt=1.0)
+    beta1: float = _param(0.0, ge=0.0, lt=1.0)
+    beta2: float = _param(0.99, ge=0.0, lt=1.0)
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
     d_spectral_norm: bool = False
-    d_batchnorm: bool = True
+    d_batchnorm: bool = False
     augment: str = ""
     ada_target: float = _param(0.0, ge=0.0, lt=1.0)
     ada_kimg: float = _param(100.0, gt=0.0, le=_MAX_KIMG)
     ema_kimg: float = _param(10.0, ge=0.0, le=_MAX_KIMG)
-    ema_rampup: float = _param(0.0, ge=0.0, le=1.0)
+    ema_rampup: float = _param(0.05, ge=0.0, le=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: int = _param(1, ge=1, le=1024)
     collective_timeout_s: float = _param(600.0, gt=0.0, le=7 * 86400.0)
@@ -231,11 +234,14 @@ class FeaturizerConfig(StageConfig):
     Args:
         seed: base seed for weights, batch order and the held-out images.
         epochs: at most this many passes over the prepared training split (less a held-out tenth).
-        max_minutes: wall-clock bound on training; the learning-rate schedule ends by it, whichever of it and
-            ``epochs`` comes first. null: no bound (the run is then independent of the machine's speed).
+        max_minutes: wall-clock bound on the whole stage, loading and final scoring included; the learning-rate
+            schedule ends in time for it, whichever of it and ``epochs`` comes first. null: no bound (the run is
+            then independent of the machine's speed).
         patience: stop once the held-out accuracy has not improved for this many evaluations (each 10,000
             images or each epoch, whichever is sooner) made after the learning rate has fallen to half its
             peak; the best weights are then kept. 0: never stop early.
+        low_res_share: share of the schedule trained on images at half their side (2x2 means), whose steps
+            cost about a quarter; the rest trains at full size. 0: full size throughout.
         batch_size: images per step.
         lr: Adam learning rate of the classifier (independent of the GAN's top-level ``lr``).
         width: channels of the first conv; later convs double it.
@@ -248,6 +254,7 @@ class FeaturizerConfig(StageConfig):
     epochs: int = _param(15, ge=1, le=1000)
     max_minutes: float | None = _param(2.0, gt=0.0, le=10_000.0)
     patience: int = _param(5, ge=0, le=1000)
+    low_res_share: float = _param(0.5, ge=0.0, lt=1.0)
     batch_size: int = _param(128, ge=1, le=65536)
     lr: float = _param(0.002, gt=0.0, le=1.0)
     width: int = _param(32, ge=1, le=1024)
@@ -333,7 +340,7 @@ class OptimizeConfig(StageConfig):
     Args:
         seed: seed of calibration, pruning fine-tune and benchmark latents.
         variants: variants to build and measure, each a name like ``fused`` or ``pruned+bf16+compiled`` (see
-            :mod:`ganforge.optimization.variants`); ``fp32`` is always measured as the baseline.
+            :mod:`ganforge.runtime.variants`); ``fp32`` is always measured as the baseline.
         batch: deployment batch size; the winner is the fastest here.
         speed_batches: batch sizes at which every variant's images/s is measured (``batch`` and 1 are added).
         warmup: untimed calls before timing each variant.
@@ -362,8 +369,10 @@ class OptimizeConfig(StageConfig):
     SECTION: ClassVar[str] = "optimize"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
-    variants: tuple[str, ...] = _param(("fp32", "fused", "int8"))
-    batch: int = _param(64, ge=1, le=65536)
+    variants: tuple[str, ...] = _param(("fp32", "fused", "int8", "bf16", "bf16+compiled", "onnxruntime",
+                                        "pruned+fused", "pruned+int8", "pruned+bf16", "pruned+bf16+compiled",
+                                        "pruned+onnxruntime"))
+    batch: int = _param(256, ge=1, le=65536)
     speed_batches: tuple[int, ...] = _param((1, 64, 256), ge=1, le=65536)
     warmup: int = _param(3, ge=0, le=_MAX_REPEATS)
     repeats: int = _param(30, ge=1, le=_MAX_REPEATS)
@@ -403,7 +412,7 @@ class PackageConfig(StageConfig):
     parity_max_abs_diff: float = _param(1e-3, gt=0.0, le=2.0)  # [-1, 1] images
     parity_max_fid_rel_diff: float = _param(0.01, gt=0.0, le=1.0)
     grid_size: int = _param(64, ge=1, le=1024)
-    include_baseline: bool = False
+    include_baseline: bool = True
 
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
@@ -513,20 +522,26 @@ def read_params(path: str | Path) -> dict[str, Any]:
     return params
 
 
-def load_stage_config(cls: type[C], path: str | Path = "params.yaml") -> C:
-    """Load and validate one stage's config from a params file."""
-    params = read_params(path)
+def stage_config(cls: type[C], params: dict[str, Any], source: str | Path = "params.yaml",
+                 **overrides: Any) -> C:
+    """One stage's config from a params mapping (its section and its top-level keys, then ``overrides``),
+    validated; errors name ``source``."""
     section = params.get(cls.SECTION)
     if section is None:
-        raise UserError(f"{path}: missing section {cls.SECTION!r}")
+        raise UserError(f"{source}: missing section {cls.SECTION!r}")
     if not isinstance(section, dict):
-        raise UserError(f"{path}: {cls.SECTION}: expected a mapping, got {shown(section)}")
+        raise UserError(f"{source}: {cls.SECTION}: expected a mapping, got {shown(section)}")
     values = {name: params[name] for name in cls.TOP_LEVEL if name in params}
     for key, value in section.items():
         if key in cls.TOP_LEVEL:
-            raise UserError(f"{path}: {cls.SECTION}.{key}: {key!r} is a top-level key; set it there")
+            raise UserError(f"{source}: {cls.SECTION}.{key}: {key!r} is a top-level key; set it there")
         values[key] = value
-    return config_from_dict(cls, values, source=str(path))
+    return config_from_dict(cls, values | overrides, source=str(source))
+
+
+def load_stage_config(cls: type[C], path: str | Path = "params.yaml") -> C:
+    """Load and validate one stage's config from a params file."""
+    return stage_config(cls, read_params(path), path)
 
 
 def read_record(cls: type[C], d: Any, source: str) -> C:

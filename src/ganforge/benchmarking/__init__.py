@@ -1,2 +1,3 @@
-"""Benchmarking: machine ceilings (``ceilings``), timing and reporting helpers (``measure``), the measured
-sections (``sections``) and the one-command suite behind ``ganforge bench`` (``suite``)."""
+"""Benchmarking: the measured sections (``sections``), the one-command suite behind ``ganforge bench``
+(``suite``) and the generated sections of docs/benchmarks.md (``page``). What it measures with is
+:mod:`ganforge.measurement`."""

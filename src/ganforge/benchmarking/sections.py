@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from ganforge.benchmarking.measure import rate_spread, spread, timed
 from ganforge.config import PrepareConfig, read_params
+from ganforge.contracts import RECIPE_FILE, WINNER_FILE
 from ganforge.data.augment import DiffAugment
 from ganforge.data.prepare import prepare
 from ganforge.data.prepared import load_split
@@ -24,10 +24,10 @@ from ganforge.data.stream import BatchStream
 from ganforge.errors import UserError
 from ganforge.evaluation.features import DomainFeatureNet
 from ganforge.files import check_json, read_json
+from ganforge.measurement.speed import flops_per_image, time_generators
+from ganforge.measurement.timing import rate_spread, spread, timed
 from ganforge.models import GeneratorSpec, build_generator, load_generator
-from ganforge.optimization.benchmark import flops_per_image, time_generators
-from ganforge.optimization.outputs import RECIPE_FILE, WINNER_FILE
-from ganforge.optimization.variants import Recipe, build_variant
+from ganforge.runtime.variants import Recipe, build_variant
 
 ARCHS = ("seed", "dcgan", "lite")
 AUGMENT = ("color", "translation", "cutout")

@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from ganforge.benchmarking import sections
-from ganforge.benchmarking.ceilings import measure_ceilings
-from ganforge.benchmarking.measure import machine, machine_line, write_doc_section
+from ganforge.benchmarking.page import write_doc_section
 from ganforge.errors import UserError
 from ganforge.files import POSITIVE, Each, Maybe, atomic_path, check_json, read_json
+from ganforge.measurement.ceilings import measure_ceilings
+from ganforge.measurement.machine import machine, machine_line
 
 _SPREAD = {"median": float, "min": float, "max": float}
 _RUN = {"wall_s": float, "peak_rss_mib": float}

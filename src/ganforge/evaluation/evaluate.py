@@ -27,9 +27,9 @@ from ganforge.evaluation.protocol import (
 from ganforge.evaluation.reference import extractors
 from ganforge.files import write_json
 from ganforge.images import save_grid, to_uint8
+from ganforge.measurement.speed import time_generators
 from ganforge.models import load_generator
 from ganforge.models.registry import trained_generator_path
-from ganforge.optimization.benchmark import time_generators
 
 
 @torch.no_grad()

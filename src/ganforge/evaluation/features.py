@@ -142,9 +142,22 @@ def accuracy(net: DomainFeatureNet, images: np.ndarray, labels: np.ndarray, rota
 # network stops improving; it is scored every EVAL_IMAGES training images, or every epoch if that is sooner.
 HOLDOUT_FRACTION = 0.1
 HOLDOUT_MAX = 2000
+TRAIN_SCORED_MAX = 10_000  # the recorded train accuracy is of at most this many training images (a seeded subset)
 EVAL_IMAGES = 10_000
 WARMUP = 0.25  # share of the schedule over which the learning rate rises from lr / 25 to lr (as OneCycle)
 PATIENCE_FROM = 0.625  # scores count toward patience once the learning rate has fallen to half its peak
+
+
+LOW_RES_MIN_SIDE = 16  # half-size training needs at least this side left: below it the last block sees 2x2
+
+
+def half_side(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W) at half their side, each pixel the rounded mean of a 2x2 block."""
+    out = torch.empty(images.shape[:2] + (images.shape[2] // 2, images.shape[3] // 2), dtype=torch.uint8)
+    for start in range(0, len(images), 4096):  # in chunks: a float copy of the whole split would be 4x its size
+        chunk = images[start:start + 4096].float()
+        out[start:start + 4096] = F.avg_pool2d(chunk, 2).round_().to(torch.uint8)
+    return out
 
 
 def learning_rate(lr: float, progress: float) -> float:
@@ -154,100 +167,147 @@ def learning_rate(lr: float, progress: float) -> float:
     return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - WARMUP) / (1 - WARMUP))))
 
 
-def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str | Path, metrics_path: str | Path,
-                     clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
-    """Train the domain network on the prepared training split; write weights and its test accuracy (of the
-    classes, or of the rotations on unlabeled data).
+class _HeldOut:
+    """The training split divided for the featurizer: the images it trains on (and their half-size copy when the
+    schedule has a half-size share), the held-out ones, and those whose accuracy the metrics record."""
 
-    Training ends after ``cfg.epochs`` passes, at ``cfg.max_minutes`` of wall time (the learning-rate schedule
-    follows whichever of the two is further along, so it has ended by then), or once the held-out accuracy has
-    not improved for ``cfg.patience`` evaluations made after the learning rate has fallen to half its peak,
-    which keeps the weights with the best held-out accuracy; otherwise the annealed last weights are kept (a
-    small held-out set's best is noise). Which one ended it is recorded in the metrics.
-    """
-    started = clock()
-    train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
-    rotation = len(train_split.class_names) < 2  # unlabeled: self-supervised rotation prediction
-    outputs = ROTATIONS if rotation else len(train_split.class_names)
-    torch.manual_seed(cfg.seed)
-    order = torch.Generator().manual_seed(cfg.seed + 1)
-    net = DomainFeatureNet(train_split.channels, outputs, cfg.width, cfg.feature_dim)
-    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate(cfg.lr, 0.0))
-    all_images = torch.from_numpy(np.array(train_split.images))  # (N, C, R, R) uint8
-    all_labels = torch.from_numpy(train_split.labels)
-    split = torch.randperm(len(all_images), generator=torch.Generator().manual_seed(cfg.seed + 2))
-    held = split[:min(HOLDOUT_MAX, int(len(all_images) * HOLDOUT_FRACTION))]
-    images, labels = all_images[split[len(held):]], all_labels[split[len(held):]]
-    held_images, held_labels = all_images[held].numpy(), all_labels[held].numpy()
-    steps_per_epoch = int(np.ceil(len(images) / cfg.batch_size))
-    total_steps = cfg.epochs * steps_per_epoch
-    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
-    eval_every = min(EVAL_IMAGES, len(images))
+    def __init__(self, images: np.ndarray, labels: np.ndarray, cfg: FeaturizerConfig) -> None:
+        self.all_images = torch.from_numpy(np.array(images))  # (N, C, R, R) uint8
+        self.all_labels = torch.from_numpy(labels)
+        split = torch.randperm(len(self.all_images), generator=torch.Generator().manual_seed(cfg.seed + 2))
+        held = split[:min(HOLDOUT_MAX, int(len(self.all_images) * HOLDOUT_FRACTION))]
+        train = split[len(held):]
+        self.images, self.labels = self.all_images[train], self.all_labels[train]
+        self.held_images, self.held_labels = self.all_images[held].numpy(), self.all_labels[held].numpy()
+        self.small = (half_side(self.images) if cfg.low_res_share > 0
+                      and self.images.shape[-1] // 2 >= LOW_RES_MIN_SIDE else None)
+        self.scored = train[:TRAIN_SCORED_MAX]  # training images whose accuracy is recorded at the end
 
-    best = {"heldout_accuracy": -1.0, "images": 0}
-    best_state: dict[str, torch.Tensor] = {}
-    step, seen, unscored, stale, stopped = 0, 0, 0, 0, "epochs"
+    def batch(self, idx: torch.Tensor, half_size: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (half size when asked and there is a copy) and labels of the training images ``idx``."""
+        return (self.small if half_size and self.small is not None else self.images)[idx], self.labels[idx]
 
-    def evaluate(progress: float) -> bool:
+
+def _training_budget_s(cfg: FeaturizerConfig, net: DomainFeatureNet, data: _HeldOut, final_images: int,
+                       rotation: bool, elapsed_s: float, clock: Callable[[], float]) -> float:
+    """Seconds left for training so that the whole call takes at most ``cfg.max_minutes``: the final scoring
+    passes over ``final_images`` are timed ahead from one held-out pass (and kept to at most half the bound)."""
+    if cfg.max_minutes is None:
+        return math.inf
+    probe = min(512, len(data.held_images))
+    tick = clock()
+    accuracy(net, data.held_images[:probe], data.held_labels[:probe], rotation)
+    reserve_s = (clock() - tick) * final_images / max(1, probe)
+    bound_s = cfg.max_minutes * 60
+    return max(1e-3, bound_s - min(reserve_s, bound_s / 2) - elapsed_s - (clock() - tick))
+
+
+class _BestHeldOut:
+    """The held-out scores of a run: the best one and its weights, and how many since have not improved."""
+
+    def __init__(self, net: DomainFeatureNet, data: _HeldOut, rotation: bool, patience: int) -> None:
+        self.net, self.data, self.rotation, self.patience = net, data, rotation, patience
+        self.accuracy, self.images, self.last, self.stale = -1.0, 0, 0.0, 0
+        self.state: dict[str, torch.Tensor] = {}
+
+    def score(self, progress: float, seen: int) -> bool:
         """Score the held-out images; whether training should stop for want of improvement."""
-        nonlocal unscored, stale
-        score = accuracy(net, held_images, held_labels, rotation) if len(held) else 0.0
-        net.train()
-        unscored = 0
-        best["last"] = score
-        if score > best["heldout_accuracy"] or not best_state:
-            best.update(heldout_accuracy=score, images=seen)
-            best_state.update({k: v.clone() for k, v in net.state_dict().items()})
-            stale = 0
+        held = len(self.data.held_images)
+        self.last = accuracy(self.net, self.data.held_images, self.data.held_labels, self.rotation) if held else 0.0
+        self.net.train()
+        if self.last > self.accuracy or not self.state:
+            self.accuracy, self.images, self.stale = self.last, seen, 0
+            self.state = {k: v.clone() for k, v in self.net.state_dict().items()}
         elif progress >= PATIENCE_FROM:  # near its peak rate the score wanders; improvement comes as it falls
-            stale += 1
-        bar.set_postfix(heldout=f"{best['heldout_accuracy']:.3f}")
-        return cfg.patience > 0 and len(held) > 0 and stale >= cfg.patience
+            self.stale += 1
+        return self.patience > 0 and held > 0 and self.stale >= self.patience
 
+
+def _train_steps(cfg: FeaturizerConfig, net: DomainFeatureNet, data: _HeldOut, best: _BestHeldOut,
+                 rotation: bool, budget_s: float, clock: Callable[[], float]) -> tuple[str, int]:
+    """Run the schedule; (what ended it: epochs | time | plateau, training images seen)."""
+    torch_order = torch.Generator().manual_seed(cfg.seed + 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate(cfg.lr, 0.0))
+    total_steps = cfg.epochs * int(np.ceil(len(data.images) / cfg.batch_size))
+    eval_every, started = min(EVAL_IMAGES, len(data.images)), clock()
+    step, seen, unscored, stopped = 0, 0, 0, "epochs"
     net.train()
     with tqdm(total=total_steps, desc="featurizer", unit="step", mininterval=1.0) as bar:
         while stopped == "epochs" and step < total_steps:
-            perm = torch.randperm(len(images), generator=order)
-            for start in range(0, len(images), cfg.batch_size):
+            perm = torch.randperm(len(data.images), generator=torch_order)
+            for start in range(0, len(data.images), cfg.batch_size):
                 progress = max(step / total_steps, (clock() - started) / budget_s)
                 if progress >= 1:
                     stopped = "time"
                     break
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(cfg.lr, progress)
-                idx = perm[start:start + cfg.batch_size]
-                x = images[idx]
+                x, y = data.batch(perm[start:start + cfg.batch_size], progress < cfg.low_res_share)
                 # Random 1-pixel shifts keep the classifier from memorising exact pixel positions.
-                x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=order).tolist()), dims=(2, 3))
-                y = labels[idx]
+                x = torch.roll(x, shifts=tuple(torch.randint(-1, 2, (2,), generator=torch_order).tolist()),
+                               dims=(2, 3))
                 if rotation:
-                    y = torch.randint(0, ROTATIONS, (len(idx),), generator=order)
+                    y = torch.randint(0, ROTATIONS, (len(x),), generator=torch_order)
                     x = rotate(x, y)
                 loss = F.cross_entropy(net(x)[1], y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                step, seen, unscored = step + 1, seen + len(idx), unscored + len(idx)
+                step, seen, unscored = step + 1, seen + len(x), unscored + len(x)
                 bar.update()
-                if unscored >= eval_every and evaluate(progress) and step < total_steps:
-                    stopped = "plateau"
-                    break
-        if unscored or not best_state:
-            evaluate(1.0)
+                if unscored >= eval_every:
+                    unscored = 0
+                    if best.score(progress, seen) and step < total_steps:
+                        stopped = "plateau"
+                    bar.set_postfix(heldout=f"{best.accuracy:.3f}")
+                    if stopped == "plateau":
+                        break
+        if unscored or not best.state:
+            best.score(1.0, seen)
+    return stopped, seen
+
+
+def train_featurizer(cfg: FeaturizerConfig, data_dir: str | Path, out_path: str | Path, metrics_path: str | Path,
+                     clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Train the domain network on the prepared training split; write weights and its test accuracy (of the
+    classes, or of the rotations on unlabeled data).
+
+    The first ``cfg.low_res_share`` of the schedule trains on the images at half their side (when that is at
+    least :data:`LOW_RES_MIN_SIDE`): a step there costs about a quarter, so the budget holds more passes;
+    held-out and test scores are always at full size. Training ends after ``cfg.epochs`` passes, early enough
+    for the whole call to take at most ``cfg.max_minutes`` (the learning-rate schedule follows whichever of the
+    two is further along, so it has ended by then; the final scoring passes are timed ahead), or once the
+    held-out accuracy has not improved for ``cfg.patience`` evaluations made after the learning rate has fallen
+    to half its peak, which keeps the weights with the best held-out accuracy; otherwise the annealed last
+    weights are kept (a small held-out set's best is noise). Which one ended it is recorded in the metrics.
+    """
+    started = clock()
+    train_split, test_split = load_split(data_dir, "train"), load_split(data_dir, "test")
+    rotation = len(train_split.class_names) < 2  # unlabeled: self-supervised rotation prediction
+    torch.manual_seed(cfg.seed)
+    net = DomainFeatureNet(train_split.channels, ROTATIONS if rotation else len(train_split.class_names),
+                           cfg.width, cfg.feature_dim)
+    data = _HeldOut(train_split.images, train_split.labels, cfg)
+    budget_s = _training_budget_s(cfg, net, data, len(test_split.images) + len(data.scored), rotation,
+                                  clock() - started, clock)
+    best = _BestHeldOut(net, data, rotation, cfg.patience)
+    stopped, seen = _train_steps(cfg, net, data, best, rotation, budget_s, clock)
     if stopped == "plateau":  # else the schedule ran to its end: its annealed weights are kept
-        net.load_state_dict(best_state)
+        net.load_state_dict(best.state)
     net.eval()
 
     save_featurizer(net, out_path)
     metrics = {
         "task": "rotation" if rotation else "classification",
         "test_accuracy": accuracy(net, test_split.images, test_split.labels, rotation),
-        "train_accuracy": accuracy(net, train_split.images, train_split.labels, rotation),
-        "heldout_accuracy": best["heldout_accuracy"] if stopped == "plateau" else best["last"],
-        "heldout_images": len(held),
+        "train_accuracy": accuracy(net, data.all_images[data.scored].numpy(), data.all_labels[data.scored].numpy(),
+                                   rotation),
+        "train_accuracy_images": len(data.scored),
+        "heldout_accuracy": best.accuracy if stopped == "plateau" else best.last,
+        "heldout_images": len(data.held_images),
         "stopped": stopped,  # epochs | time (max_minutes) | plateau (patience)
-        "epochs": round(seen / len(images), 3),
-        "best_at_epoch": round(best["images"] / len(images), 3),
+        "epochs": round(seen / len(data.images), 3),
+        "best_at_epoch": round(best.images / len(data.images), 3),
         "minutes": round((clock() - started) / 60, 3),
         "feature_dim": cfg.feature_dim,
         "weights_sha256": sha256_file(out_path),

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from ganforge.config import read_record
+from ganforge.contracts import BEST_GENERATOR, LAST_GENERATOR
 from ganforge.errors import UserError
 from ganforge.files import atomic_path, read_json, write_json
 from ganforge.models.dcgan import DCGANDiscriminator, DCGANGenerator
@@ -28,9 +29,6 @@ ARCHS = tuple(_GENERATORS)
 RESOLUTIONS = (8, 16, 32, 64, 128, 256)  # what the prepare stage writes, and the largest side `lite` builds
 MAX_Z_DIM = 4096  # train.z_dim's bound
 
-# The train stage's generators: the last EMA weights, and those with the best in-loop FID.
-LAST_GENERATOR = "generator.safetensors"
-BEST_GENERATOR = "generator-best.safetensors"
 
 @dataclass(frozen=True)
 class GeneratorSpec:

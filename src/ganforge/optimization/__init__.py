@@ -1,2 +1,3 @@
-"""Optimization: variants (``variants``), speed measurement (``benchmark``), selection (``select``) and the
-optimize stage (``optimize``). Import the submodule you need, so DVC deps stay exact."""
+"""Optimization, the search: pruning with distillation (``pruning``), selection (``select``) and the optimize
+stage (``optimize``), which builds candidates with :mod:`ganforge.runtime` and measures them with
+:mod:`ganforge.measurement`. Import the submodule you need, so DVC deps stay exact."""

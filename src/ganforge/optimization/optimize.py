@@ -16,14 +16,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ganforge.config import EvaluateConfig, OptimizeConfig, ReferenceConfig
+from ganforge.contracts import BASELINE_FILE, RECIPE_FILE, REPORT_FILE, WINNER_FILE
 from ganforge.errors import UserError
 from ganforge.evaluation.fidelity import INCEPTION_EXTRACTOR
 from ganforge.evaluation.protocol import Protocol, figure_suffix, make_protocol, score_generator, score_onnx_generator
 from ganforge.files import atomic_dir, atomic_path, write_json
-from ganforge.models import load_generator, save_generator
-from ganforge.models.registry import trained_generator_path
-from ganforge.optimization.benchmark import (
-    GemmProbe,
+from ganforge.measurement.ceilings import GemmProbe
+from ganforge.measurement.speed import (
     flops_per_image,
     onnx_peak_rss_mib,
     parameter_count,
@@ -31,10 +30,11 @@ from ganforge.optimization.benchmark import (
     serialized_bytes,
     time_generators,
 )
-from ganforge.optimization.outputs import BASELINE_FILE, RECIPE_FILE, REPORT_FILE, WINNER_FILE
+from ganforge.models import load_generator, save_generator
+from ganforge.models.registry import trained_generator_path
 from ganforge.optimization.pruning import distill, prune_generator, trained_discriminator
 from ganforge.optimization.select import fid_budget, select_winner
-from ganforge.optimization.variants import (
+from ganforge.runtime.variants import (
     BASELINE,
     OnnxRuntimeGenerator,
     Recipe,

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 from tqdm import tqdm
 
+from ganforge.contracts import CHECKPOINT
 from ganforge.errors import UserError
 from ganforge.files import check_json, read_json, shown
 from ganforge.models import GeneratorSpec, build_discriminator
@@ -149,8 +150,8 @@ def trained_discriminator(train_dir: str | Path, spec: GeneratorSpec) -> nn.Modu
                             f"{expected!r}")
     discriminator = build_discriminator(spec.arch, spec.resolution, spec.channels, spec.width,
                                         params.get("d_spectral_norm", False), params.get("d_batchnorm", True))
-    state = load_checkpoint(train_dir / "checkpoint.pt", required=("discriminator",))
-    load_state(discriminator, state["discriminator"], train_dir / "checkpoint.pt")
+    state = load_checkpoint(train_dir / CHECKPOINT, required=("discriminator",))
+    load_state(discriminator, state["discriminator"], train_dir / CHECKPOINT)
     return discriminator.eval().requires_grad_(False)
 
 

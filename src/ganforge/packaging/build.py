@@ -14,30 +14,31 @@ from torch import nn
 
 from ganforge import __version__
 from ganforge.config import PackageConfig, config_to_dict
+from ganforge.contracts import BASELINE_FILE, RECIPE_FILE, REPORT_FILE, WINNER_FILE
 from ganforge.data.prepared import read_manifest
 from ganforge.errors import UserError
 from ganforge.evaluation.protocol import Protocol, score_onnx_generator
 from ganforge.files import POSITIVE, Each, atomic_dir, check_json, read_json, sha256_file, shown, write_json
 from ganforge.images import save_grid, to_uint8
 from ganforge.latents import latents
+from ganforge.measurement.speed import parameter_count
 from ganforge.models import GeneratorSpec, load_generator
 from ganforge.models.registry import save_weights
-from ganforge.optimization.benchmark import parameter_count
-from ganforge.optimization.outputs import BASELINE_FILE, RECIPE_FILE, REPORT_FILE, WINNER_FILE
-from ganforge.optimization.variants import BASELINE, Recipe, build_variant, fold_batchnorm
 from ganforge.packaging.card import model_card
-from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
 from ganforge.packaging.package import (
     BASELINE_ONNX,
     BASELINE_WEIGHTS,
     CARD,
     CONFIG,
     FORMAT,
+    FORMAT_VERSION,
     MANIFEST,
     ONNX,
     SAMPLES,
     WEIGHTS,
 )
+from ganforge.runtime.onnx import export_onnx, onnx_session, run_onnx
+from ganforge.runtime.variants import BASELINE, Recipe, build_variant, fold_batchnorm
 
 # What the package stage reads of the optimize report and the data manifest: its FID gate and the model card.
 _QUALITY = ("fid", "kid_mean", "isc_mean", "precision", "recall")
@@ -120,6 +121,7 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
         fid_gap = _check_fid_parity(onnx_scores["fid"], evaluated["fid"], cfg)
         config = {
             "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "generator": spec.to_dict(),
             "recipe": recipe.to_dict(),
             "output": {"range": [-1.0, 1.0], "to_uint8": "round((x + 1) * 127.5)", "layout": "NCHW"},
@@ -145,6 +147,7 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
         package_bytes, onnx_bytes = sum((tmp / name).stat().st_size for name in files), (tmp / ONNX).stat().st_size
         manifest = {
             "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "ganforge_version": __version__,
             "git_commit": _git_commit(),
             "files": {name: sha256_file(tmp / name) for name in files},

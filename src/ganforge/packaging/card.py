@@ -8,7 +8,7 @@ from typing import Any
 from ganforge import __version__
 from ganforge.config import PackageConfig
 from ganforge.models import GeneratorSpec
-from ganforge.optimization.variants import Recipe
+from ganforge.runtime.variants import Recipe
 
 _QUALITY_KEYS = (("fid", "FID ↓"), ("kid_mean", "KID ↓"), ("isc_mean", "IS ↑"), ("precision", "precision ↑"),
                  ("recall", "recall ↑"))

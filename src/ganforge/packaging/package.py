@@ -30,14 +30,17 @@ from ganforge.files import Each, check_json, read_json, sha256_file, shown
 from ganforge.images import to_uint8
 from ganforge.models import GeneratorSpec
 from ganforge.models.registry import generator_from_weights
-from ganforge.optimization.variants import Recipe, build_variant
 from ganforge.packaging import MODELS, RUNTIMES
-from ganforge.packaging.onnx import load_onnx, run_onnx
+from ganforge.runtime.onnx import load_onnx, run_onnx
+from ganforge.runtime.variants import Recipe, build_variant
 
 MANIFEST = "manifest.json"
 WEIGHTS, CONFIG, ONNX, SAMPLES, CARD = "model.safetensors", "config.json", "generator.onnx", "samples.png", "README.md"
 BASELINE_WEIGHTS, BASELINE_ONNX = "baseline.safetensors", "baseline.onnx"
 FORMAT = "ganforge-generator"
+# 2: the banded and overlap forms are gone (a version-1 package naming one runs under --runtime onnxruntime).
+# A package without the field is version 1.
+FORMAT_VERSION = 2
 LAYOUT = (WEIGHTS, CONFIG, ONNX, SAMPLES, CARD, BASELINE_WEIGHTS, BASELINE_ONNX)  # the files a manifest may list
 REQUIRED = (WEIGHTS, CONFIG, ONNX, SAMPLES, CARD)  # ...and those it must
 _SHA256 = re.compile("[0-9a-f]{64}")
@@ -132,7 +135,11 @@ def load_package(path: str | Path, runtime: str = "torch", model: str = "winner"
         raise UserError(f"{config_path}: expected a JSON object, got {shown(config)}")
     if config.get("format") != FORMAT:
         raise UserError(f"{config_path}: format: expected {FORMAT!r}, got {shown(config.get('format'))}")
-    recipe = Recipe.from_dict(config.get("recipe"), source=str(config_path))
+    version = config.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise UserError(f"{config_path}: format_version: this ganforge reads versions 1 to {FORMAT_VERSION}, got "
+                        f"{shown(version)} (made by a newer ganforge? upgrade it)")
+    recipe = Recipe.from_dict(config.get("recipe"), source=str(config_path), removed_ok=runtime == "onnxruntime")
     weights, onnx_file, source = WEIGHTS, ONNX, config.get("generator")
     label = str(config_path)
     if model == "baseline":

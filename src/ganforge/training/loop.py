@@ -25,6 +25,7 @@ from dvclive import Live
 from tqdm import tqdm
 
 from ganforge.config import TrainConfig, config_to_dict
+from ganforge.contracts import BEST_GENERATOR, CHECKPOINT, LAST_GENERATOR
 from ganforge.data.augment import AdaptiveProbability, DiffAugment
 from ganforge.data.prepared import load_split, read_manifest
 from ganforge.data.stream import BatchStream
@@ -45,7 +46,6 @@ from ganforge.distributed import (
 from ganforge.errors import Interrupted, UserError
 from ganforge.files import atomic_dir, write_json
 from ganforge.models import GeneratorSpec, build_discriminator, build_generator, save_generator
-from ganforge.models.registry import BEST_GENERATOR, LAST_GENERATOR
 from ganforge.training.checkpoint import (
     capture_rng,
     load_latest_checkpoint,
@@ -77,7 +77,6 @@ StepObserver = Callable[[float, int, torch.nn.Module, GeneratorSpec], None]
 # Params that may change between an interrupted run and its resumption without invalidating the state.
 _RESUMABLE_CHANGES = ("kimg", "nproc", "device", "collective_timeout_s", "log_interval_kimg", "checkpoint_kimg",
                       "snapshot_kimg", "fid_interval_kimg", "fid_samples")
-CHECKPOINT = "checkpoint.pt"
 _SLOW_RANK_FACTOR = 1.5  # a rank whose compute time per step exceeds the median by this factor is reported
 
 

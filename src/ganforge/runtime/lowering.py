@@ -1,5 +1,6 @@
-"""What the ``banded`` and ``overlap`` forms share: finding the runs of stride-2 transposed convolutions (with the
-activations between them) in a generator and swapping each run for one module that computes it another way."""
+"""The geometry of a stride-2 transposed convolution (which kernel tap joins which input and output pixels) and
+the lowering of a generator's runs of them (with the activations between them) into one module each, as the
+``fused`` and ``direct`` forms compute them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ KERNEL, STRIDE, PADDING = 4, 2, 1
 
 # (transposed conv, the activation module after it or None), in order: one run of layers to lower
 Layers = list[tuple[nn.ConvTranspose2d, nn.Module | None]]
+
+
+def kernel_tap(phase: int, shift: int) -> int | None:
+    """Kernel row (or column) through which input row ``i + shift`` reaches output row ``2i + phase`` of a
+    stride-2, kernel-4, padding-1 transposed conv, or None when it does not reach it."""
+    tap = phase + 1 - STRIDE * shift
+    return tap if 0 <= tap < KERNEL else None
 
 
 def is_stride2_upsampling(module: nn.Module) -> bool:

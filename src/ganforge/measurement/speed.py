@@ -1,6 +1,6 @@
 """Measurements of generators: speed (warm up, interleaved repeats, median and spread), FLOPs counted by
-torch's FlopCounterMode, peak memory, and this machine's fp32 GEMM rate, timed alongside them, as the ceiling
-to compare with."""
+torch's FlopCounterMode and peak memory. The fp32 GEMM rate they are compared with is
+:class:`ganforge.measurement.ceilings.GemmProbe`, timed alongside them."""
 
 from __future__ import annotations
 
@@ -94,29 +94,6 @@ def flops_per_image(module: nn.Module, z_dim: int) -> int:
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         module(torch.zeros(1, z_dim))
     return int(counter.get_total_flops())
-
-
-class GemmProbe(nn.Module):
-    """This machine's fp32 matrix-multiply rate, measured as a module that :func:`time_generators` times side by
-    side with the generators, so the ceiling and the rates compared with it share every spell of machine load:
-    each call multiplies two fixed (size x size) matrices and ignores its input.
-
-    Args:
-        size: side of the square matrices.
-    """
-
-    def __init__(self, size: int = 1024) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        self.a, self.b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-        self.flops = 2 * size**3  # a multiply-add counts 2
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.a @ self.b
-
-    def gflops(self, timing: Timing) -> float:
-        """GFLOP/s from this probe's median time per call."""
-        return self.flops / (timing.ms_per_batch / 1e3) / 1e9
 
 
 @contextmanager

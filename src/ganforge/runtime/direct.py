@@ -2,14 +2,14 @@
 compiles for the machine it runs on, computing every output pixel directly from its four kernel taps with the
 batch innermost.
 
-The ``overlap`` form does exactly the layer's multiply-adds too, but as a matrix multiply that writes 16 tap
-values per output channel and input pixel (four times the layer's output), which an overlap-add then reads back;
-at the few channels of a generator's upsampling layers the multiply has a short inner dimension (16 to 64) and
-the tap planes are several MiB, so both wait on memory. The kernel keeps a block of output channels by batch
-vectors in registers (a layer with few output channels, 2 x 2 output pixels), multiplies each input vector it
-loads into the whole block, and writes each output once. The same library changes the layout into and out of the
-chain, transposing 16 x 16 tiles in registers; the way in is skipped when the chain's input is already stored
-batch innermost, as the form's fully connected layers (:class:`BatchInnermostLinear`) leave it.
+A matrix multiply over all kernel taps would write 16 tap values per output channel and input pixel (four times
+the layer's output) for an overlap-add to read back; at the few channels of a generator's upsampling layers it
+has a short inner dimension (16 to 64) and the tap planes are several MiB, so it waits on memory. The kernel
+instead keeps a block of output channels by batch vectors in registers (a layer with few output channels, 2 x 2
+output pixels), multiplies each input vector it loads into the whole block, and writes each output once. The
+same library changes the layout into and out of the chain, transposing 16 x 16 tiles in registers; the way in is
+skipped when the chain's input is already stored batch innermost, as the form's fully connected layers
+(:class:`BatchInnermostLinear`) leave it.
 
 The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``), ``-O3 -march=native
 -fopenmp``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its
@@ -27,7 +27,6 @@ import functools
 import hashlib
 import math
 import os
-import platform
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -39,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganforge.errors import UserError
-from ganforge.optimization.lowering import Layers, in_place_activation, lower_upsampling_runs
-from ganforge.optimization.overlap import kernel_tap
+from ganforge.measurement.machine import cpu_identity
+from ganforge.runtime.lowering import Layers, in_place_activation, kernel_tap, lower_upsampling_runs
 
 LANES = 16  # batch images per vector register (direct.c's LANES)
 _ACCUMULATORS = 16  # register block size, output channels x batch vectors (x pixels)
@@ -87,18 +86,6 @@ def _cache_dir() -> Path:
 
 
 @functools.cache
-def _cpu_identity() -> str:
-    """The CPU's model and instruction-set flags: part of a kernel's cache key, since ``-march=native`` code built
-    on one CPU can crash another that shares the cache (a home directory shared by a cluster's nodes)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    wanted = [next((line for line in lines if line.startswith(key)), "") for key in ("model name", "flags")]
-    return "\n".join(wanted)
-
-
-@functools.cache
 def _compiler_version(compiler: str) -> str:
     if shutil.which(compiler) is None:
         raise UserError(f"direct: no C compiler '{compiler}' on PATH to build the kernel (set CC to one)")
@@ -112,9 +99,10 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     c_block, n_block, spatial = register_block(c_out)
     defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
                "C_OUT_PADDED": padded_channels(c_out), "SPATIAL": int(spatial)}
-    source = resources.files("ganforge.optimization").joinpath("direct.c").read_text()
+    source = resources.files("ganforge.runtime").joinpath("direct.c").read_text()
     command = [compiler, *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
-    identity = [source, *command, _compiler_version(compiler), _cpu_identity()]
+    # -march=native code built on one CPU can crash another that shares the cache (a cluster's shared home).
+    identity = [source, *command, _compiler_version(compiler), cpu_identity()]
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
     library = _cache_dir() / f"direct-{c_in}x{c_out}-{key}.so"
     if library.exists():

@@ -4,15 +4,39 @@ int8 matrix-multiply rates, memory bandwidth, and on CUDA the bf16 matrix rate."
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from ganforge.benchmarking.measure import rate_spread
+from ganforge.measurement.speed import Timing
+from ganforge.measurement.timing import rate_spread
+
+
+class GemmProbe(nn.Module):
+    """This machine's fp32 matrix-multiply rate, measured as a module that :func:`time_generators` times side by
+    side with the generators, so the ceiling and the rates compared with it share every spell of machine load:
+    each call multiplies two fixed (size x size) matrices and ignores its input.
+
+    Args:
+        size: side of the square matrices.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.a, self.b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+        self.flops = 2 * size**3  # a multiply-add counts 2
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.a @ self.b
+
+    def gflops(self, timing: Timing) -> float:
+        """GFLOP/s from this probe's median time per call."""
+        return self.flops / (timing.ms_per_batch / 1e3) / 1e9
 
 
 def fp32_gemm_gflops(size: int = 1024, repeats: int = 15) -> dict[str, float]:
-    """GFLOP/s of (size x size) @ (size x size) in float32 (a multiply-add counts 2)."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
-    return rate_spread(lambda: a @ b, 2 * size**3 / 1e9, repeats, warmup=3)
+    """GFLOP/s of :class:`GemmProbe`'s (size x size) @ (size x size) in float32, over ``repeats`` calls."""
+    probe = GemmProbe(size)
+    return rate_spread(lambda: probe(None), probe.flops / 1e9, repeats, warmup=3)
 
 
 def int8_gemm_gops(size: int = 1024, repeats: int = 15) -> dict[str, float] | None:

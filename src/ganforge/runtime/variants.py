@@ -7,16 +7,13 @@ A variant's name joins its steps with ``+``, at most one of each kind, in this o
 - weights: ``pruned`` (structured channel pruning + distillation, done by the optimize stage; the stored
   weights are already pruned, so rebuilding has nothing to do for it);
 - numerics: ``fused`` (BatchNorm folded, stride-2 transposed convs in sub-pixel form, channels_last),
-  ``banded`` (BatchNorm folded, stride-2 transposed convs lowered to banded matrix multiplies over image rows:
-  see :mod:`ganforge.optimization.banded`), ``overlap`` (BatchNorm folded, stride-2 transposed convs as one matrix
-  multiply over all kernel taps plus an overlap-add, batch innermost: see :mod:`ganforge.optimization.overlap`),
   ``direct`` (BatchNorm folded, stride-2 transposed convs run by a C kernel compiled for this machine, each output
-  from its four taps, batch innermost: see :mod:`ganforge.optimization.direct`),
+  from its four taps, batch innermost: see :mod:`ganforge.runtime.direct`),
   ``int8`` (post-training static quantization), ``bf16`` or ``fp16`` (as ``fused``, with weights and activations
   in that type);
 - runtime: ``compiled`` (``torch.compile``) or ``onnxruntime`` (the ONNX export run by ONNX Runtime).
 
-``fp32`` is the plain eager float model, the baseline. Examples: ``pruned+fused``, ``pruned+banded``,
+``fp32`` is the plain eager float model, the baseline. Examples: ``pruned+fused``, ``pruned+direct``,
 ``pruned+bf16+compiled``.
 """
 
@@ -39,22 +36,21 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from ganforge.config import read_record
 from ganforge.errors import UserError
-from ganforge.optimization.banded import band
-from ganforge.optimization.direct import direct
-from ganforge.optimization.lowering import is_stride2_upsampling
-from ganforge.optimization.overlap import overlap
-from ganforge.packaging.onnx import export_onnx, onnx_session, run_onnx
+from ganforge.measurement.machine import has_any_flag
+from ganforge.runtime.direct import direct
+from ganforge.runtime.lowering import is_stride2_upsampling, kernel_tap
+from ganforge.runtime.onnx import export_onnx, onnx_session, run_onnx
 
 BASELINE = "fp32"
 WEIGHT_STEPS = ("pruned",)
-NUMERIC_STEPS = ("fused", "banded", "overlap", "direct", "int8", "bf16", "fp16")
+NUMERIC_STEPS = ("fused", "direct", "int8", "bf16", "fp16")
+# Forms earlier package formats had; a recipe naming one is refused with the way forward.
+REMOVED_STEPS = ("banded", "overlap")
 RUNTIME_STEPS = ("compiled", "onnxruntime")
 _KINDS = (WEIGHT_STEPS, NUMERIC_STEPS, RUNTIME_STEPS)
 _FLOAT_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _NOT_COMBINABLE = {("int8", "compiled"): "torch.compile does not take torch.ao's quantized modules",
                    ("int8", "onnxruntime"): "the ONNX export is of the float model",
-                   ("banded", "onnxruntime"): "the ONNX export is of the float model",
-                   ("overlap", "onnxruntime"): "the ONNX export is of the float model",
                    ("direct", "onnxruntime"): "the ONNX export is of the float model",
                    ("direct", "compiled"): "torch.compile cannot trace the compiled kernel's calls",
                    ("bf16", "onnxruntime"): "the ONNX export is of the float model",
@@ -63,18 +59,23 @@ _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def variant_steps(name: str, label: str = "variant") -> tuple[str, ...]:
+def variant_steps(name: str, label: str = "variant", removed_ok: bool = False) -> tuple[str, ...]:
     """``"pruned+fused"`` -> ("pruned", "fused"); ``"fp32"`` -> (). Unknown, repeated, misordered or
-    incompatible steps are a one-line :class:`UserError` naming ``label``."""
+    incompatible steps are a one-line :class:`UserError` naming ``label``, and so is a removed form
+    (:data:`REMOVED_STEPS`) unless ``removed_ok``: an old package's name, to be run by ONNX Runtime."""
     if name == BASELINE:
         return ()
     steps = tuple(name.split("+"))
-    known = [s for kind in _KINDS for s in kind]
+    known = [s for kind in _KINDS for s in kind] + (list(REMOVED_STEPS) if removed_ok else [])
     for step in steps:
+        if step in REMOVED_STEPS and not removed_ok:
+            raise UserError(f"{label}: {name!r} uses the {step} form, which this version of ganforge no longer "
+                            f"has: run it with --runtime onnxruntime, or rebuild the package")
         if step not in known:
             raise UserError(f"{label}: unknown step {step!r} in {name!r} (known: {BASELINE}, {', '.join(known)}, "
                             f"joined with '+')")
-    kinds = [next(i for i, kind in enumerate(_KINDS) if step in kind) for step in steps]
+    kinds = [next(i for i, kind in enumerate(_KINDS) if step in kind or (step in REMOVED_STEPS and kind is
+                                                                         NUMERIC_STEPS)) for step in steps]
     if kinds != sorted(set(kinds)):
         raise UserError(f"{label}: {name!r} must name at most one step of each kind, in the order weights "
                         f"({'|'.join(WEIGHT_STEPS)}), numerics ({'|'.join(NUMERIC_STEPS)}), runtime "
@@ -121,11 +122,13 @@ class Recipe:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "recipe") -> Recipe:
+    def from_dict(cls, d: Any, source: str = "recipe", removed_ok: bool = False) -> Recipe:
         """The recipe in the JSON object ``d`` read from ``source``; a missing, unknown, mistyped or out-of-range
-        key, or a variant that is not one, is a one-line :class:`UserError` naming ``source`` and the key."""
+        key, or a variant that is not one, is a one-line :class:`UserError` naming ``source`` and the key.
+        ``removed_ok`` lets a variant of a removed form through (see :func:`variant_steps`): it cannot be built,
+        only named beside an ONNX graph."""
         recipe = read_record(cls, d, source)
-        variant_steps(recipe.variant, f"{source}: {cls.SECTION}.variant")
+        variant_steps(recipe.variant, f"{source}: {cls.SECTION}.variant", removed_ok)
         if recipe.quantization_backend not in torch.backends.quantized.supported_engines:
             raise UserError(f"{source}: {cls.SECTION}.quantization_backend: {recipe.quantization_backend!r} is "
                             f"not available (available: {', '.join(torch.backends.quantized.supported_engines)})")
@@ -180,8 +183,8 @@ class SubPixelConvTranspose(nn.Module):
             for b in range(2):
                 for di in (-1, 0, 1):
                     for dj in (-1, 0, 1):
-                        ky, kx = a + 1 - 2 * di, b + 1 - 2 * dj
-                        if 0 <= ky < 4 and 0 <= kx < 4:
+                        ky, kx = kernel_tap(a, di), kernel_tap(b, dj)
+                        if ky is not None and kx is not None:
                             kernel[torch.arange(c_out) * 4 + a * 2 + b, :, di + 1, dj + 1] = weight[:, :, ky, kx].T
         self.conv = nn.Conv2d(c_in, c_out * 4, 3, padding=1, bias=convt.bias is not None)
         self.conv.weight.data.copy_(kernel)
@@ -262,16 +265,11 @@ class OnnxRuntimeGenerator(nn.Module):
 def reduced_precision_support(step: str) -> str | None:
     """None when this CPU computes ``bf16``/``fp16`` natively (AVX-512 or AMX), else why not: emulated
     reduced precision is slower than fp32, so the optimize stage skips it and says so."""
-    flags = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        return "CPU flags unreadable (no /proc/cpuinfo)"
     wanted = {"bf16": {"avx512_bf16", "amx_bf16"}, "fp16": {"avx512_fp16", "amx_fp16"}}[step]
-    return None if flags & wanted else f"this CPU has none of {', '.join(sorted(wanted))}"
+    present = has_any_flag(wanted)
+    if present is None:
+        return "CPU flags unreadable (no /proc/cpuinfo)"
+    return None if present else f"this CPU has none of {', '.join(sorted(wanted))}"
 
 
 def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: bool = True,
@@ -286,10 +284,6 @@ def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: boo
         module = quantize_int8(generator, z_dim, recipe)
     elif "fused" in steps:
         module = fuse(generator)
-    elif "banded" in steps:
-        module = band(fold_batchnorm(generator), z_dim)
-    elif "overlap" in steps:
-        module = overlap(fold_batchnorm(generator))
     elif "direct" in steps:
         module = direct(fold_batchnorm(generator))
     elif "bf16" in steps or "fp16" in steps:
@@ -298,7 +292,7 @@ def build_variant(recipe: Recipe, generator: nn.Module, z_dim: int, runtime: boo
         module = copy.deepcopy(generator).eval()
     if runtime and "compiled" in steps:
         # Specialised per batch size: a generator runs at a few fixed batch sizes, and once it had seen a second
-        # size torch.compile's automatic dynamic shapes made `overlap+compiled` a third slower at batch 256.
+        # size torch.compile's automatic dynamic shapes made a compiled variant a third slower at batch 256.
         module = torch.compile(module, dynamic=False)
     if runtime and "onnxruntime" in steps:
         with tempfile.TemporaryDirectory(prefix="ganforge-variant-") as tmp:
