@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -352,6 +355,41 @@ def test_direct_kernel_equals_the_transposed_conv(c_in, c_out, side, batch, acti
         got = DirectUpsampling([(convt, activation)])(x)
     assert got.shape == expected.shape and got.is_contiguous()
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_direct_kernel_built_for_avx2_without_avx512_gives_the_same_images(tmp_path, monkeypatch):
+    """x86-64-v3 (AVX2, FMA, no AVX-512) runs the same C in narrower registers: every output bit must agree with
+    the build for this machine, and both with the transposed conv."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    torch.manual_seed(0)
+    layers = [(torch.nn.ConvTranspose2d(12, 6, 4, 2, 1), torch.nn.LeakyReLU(0.2)),
+              (torch.nn.ConvTranspose2d(6, 1, 4, 2, 1), None)]
+    x = torch.randn(37, 12, 3, 4)
+    with torch.no_grad():
+        expected = layers[1][0](layers[0][1](layers[0][0](x)))
+        for_this_machine = DirectUpsampling(layers)
+        native = for_this_machine(x)
+        monkeypatch.setenv(direct_form.MARCH_ENV, "x86-64-v3")
+        avx2 = DirectUpsampling(layers)
+        got = avx2(x)
+    assert set(avx2.libraries).isdisjoint(for_this_machine.libraries)  # built apart: their own cache entries
+    assert torch.equal(got, native)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_direct_kernel_source_uses_no_compiler_builtins():
+    source = (Path(direct_form.__file__).parent / "direct.c").read_text()
+    assert "__builtin" not in source  # GCC's __builtin_shuffle is unknown to Clang, for one
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="no clang on PATH")
+def test_direct_kernel_compiles_with_clang(tmp_path):
+    source = Path(direct_form.__file__).parent / "direct.c"
+    for spatial in (0, 1):
+        subprocess.run(["clang", "-O3", "-march=native", "-fopenmp", "-c", "-fPIC", "-std=gnu11", "-Wall", "-Werror",
+                        "-Wno-unused-function", "-DC_IN=8", "-DC_OUT=4", "-DC_BLOCK=4", "-DN_BLOCK=4",
+                        "-DC_OUT_PADDED=4", f"-DSPATIAL={spatial}", str(source), "-o", str(tmp_path / "k.o")],
+                       check=True)
 
 
 def test_direct_chain_equals_the_transposed_convs():

@@ -12,7 +12,8 @@ skipped when the chain's input is already stored batch innermost, as the form's 
 (:class:`BatchInnermostLinear`) leave it.
 
 The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``), ``-O3 -march=native
--fopenmp``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its
+-fopenmp`` (``$GANFORGE_KERNEL_MARCH`` names another target, for example ``x86-64-v3`` for AVX2 without
+AVX-512), and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its
 source, shape, compiler and CPU. OpenMP runs it on torch's thread count; the shared library names the same
 ``libgomp.so.1`` that torch loads, so both share one thread pool. Without a compiler the form fails to build with
 a one-line error, which the optimize stage reports in its table before going on with the other variants; a
@@ -44,7 +45,8 @@ from ganforge.runtime.lowering import Layers, in_place_activation, kernel_tap, l
 LANES = 16  # batch images per vector register (direct.c's LANES)
 _ACCUMULATORS = 16  # register block size, output channels x batch vectors (x pixels)
 _SPATIAL_MAX_CHANNELS, _SPATIAL_PIXELS = 4, 4  # layers this narrow get 2 x 2 pixel blocks
-_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+MARCH_ENV = "GANFORGE_KERNEL_MARCH"  # the target the kernel is compiled for; default native
 _ACTIVATIONS = {nn.ReLU: 1, nn.LeakyReLU: 2}  # done inside the kernel; others (tanh, sigmoid) after it
 
 
@@ -96,11 +98,12 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     """The shared library of the kernel for one layer shape, compiled once per machine and compiler and cached.
     Raises :class:`UserError`, in one line, when there is no compiler, it fails, or the cache is unwritable."""
     compiler = os.environ.get("CC", "cc")
+    march = os.environ.get(MARCH_ENV) or "native"
     c_block, n_block, spatial = register_block(c_out)
     defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
                "C_OUT_PADDED": padded_channels(c_out), "SPATIAL": int(spatial)}
     source = resources.files("ganforge.runtime").joinpath("direct.c").read_text()
-    command = [compiler, *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
+    command = [compiler, f"-march={march}", *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
     # -march=native code built on one CPU can crash another that shares the cache (a cluster's shared home).
     identity = [source, *command, _compiler_version(compiler), cpu_identity()]
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
