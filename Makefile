@@ -7,7 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install repro test reliability lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
 	bench-optimize bench-optimize-cifar bench-serve bench bench-quick bench-inception \
-	bench-real-data bench-featurizer
+	bench-real-data bench-featurizer bench-direct
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-budget: $(VENV)/.installed-test
 ## The featurizer on CIFAR-10 (needs ../shared/datasets): params.yaml's bounded run against 15 epochs.
 bench-featurizer: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/featurizer_budget.py
+
+## Measure the direct kernel built for this machine and for x86-64-v3, alone and beside a busy process.
+bench-direct: $(VENV)/.installed-test
+	$(BIN)/python benchmarks/direct_kernel.py
 
 ## Measure the data stage (CIFAR-10 JPEG preparation, training data path) into docs/benchmarks.md.
 bench-data: $(VENV)/.installed-test
