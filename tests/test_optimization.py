@@ -358,9 +358,11 @@ def test_direct_kernel_equals_the_transposed_conv(c_in, c_out, side, batch, acti
 
 
 def test_direct_kernel_built_for_avx2_without_avx512_gives_the_same_images(tmp_path, monkeypatch):
-    """x86-64-v3 (AVX2, FMA, no AVX-512) runs the same C in narrower registers: every output bit must agree with
-    the build for this machine, and both with the transposed conv."""
+    """x86-64-v3 (AVX2, FMA, no AVX-512) runs the same C with 8-image vectors and smaller register blocks, adding
+    each output's terms in the same order: every output bit must agree with the build for this machine, and both
+    with the transposed conv."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(direct_form.MARCH_ENV, raising=False)
     torch.manual_seed(0)
     layers = [(torch.nn.ConvTranspose2d(12, 6, 4, 2, 1), torch.nn.LeakyReLU(0.2)),
               (torch.nn.ConvTranspose2d(6, 1, 4, 2, 1), None)]
@@ -373,6 +375,7 @@ def test_direct_kernel_built_for_avx2_without_avx512_gives_the_same_images(tmp_p
         avx2 = DirectUpsampling(layers)
         got = avx2(x)
     assert set(avx2.libraries).isdisjoint(for_this_machine.libraries)  # built apart: their own cache entries
+    assert avx2.lanes == 8  # AVX2's registers hold 8 floats
     assert torch.equal(got, native)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 

@@ -24,11 +24,14 @@
  *   C_BLOCK, N_BLOCK  the register block: output channels by batch vectors (by four pixels when SPATIAL)
  *   C_OUT_PADDED      C_OUT rounded up to a multiple of C_BLOCK (the packed weights' and bias's padding is zero)
  *   SPATIAL           1 for blocks of 2 x 2 output pixels, 0 for one pixel
+ *   LANES             images per vector: 16 where the target has AVX-512, else 8
  */
 
 #include <stdint.h>
 
+#ifndef LANES /* 16 floats fill an AVX-512 register; ganforge builds for 8 on AVX2 alone */
 #define LANES 16
+#endif
 
 typedef float vec __attribute__((vector_size(4 * LANES)));
 typedef float vec_unaligned __attribute__((vector_size(4 * LANES), aligned(4)));
@@ -179,7 +182,7 @@ void transposed_conv(const float *restrict in, const float *restrict weight, con
 
 /* out[c * out_stride + r] = in[r * in_stride + c] for r < rows, c < cols, with the rows from rows_valid on read as
  * zeros: the layout change into and out of the batch-innermost chain, in LANES x LANES tiles. A whole tile goes
- * through a local 16 x 16 buffer in plain loops, which GCC and Clang vectorize for the target: this measured as
+ * through a local LANES x LANES buffer in plain loops, which GCC and Clang vectorize for the target: this measured as
  * fast as shuffling the tile in registers on AVX-512, and five times faster on AVX2, where a 16-lane shuffle is
  * lowered badly. */
 void transpose(const float *restrict in, float *restrict out, const int64_t rows, const int64_t rows_valid,

@@ -7,7 +7,7 @@ the layer's output) for an overlap-add to read back; at the few channels of a ge
 has a short inner dimension (16 to 64) and the tap planes are several MiB, so it waits on memory. The kernel
 instead keeps a block of output channels by batch vectors in registers (a layer with few output channels, 2 x 2
 output pixels), multiplies each input vector it loads into the whole block, and writes each output once. The
-same library changes the layout into and out of the chain, transposing 16 x 16 tiles in registers; the way in is
+same library changes the layout into and out of the chain, a tile of 16 x 16 (8 x 8 on AVX2) at a time; the way in is
 skipped when the chain's input is already stored batch innermost, as the form's fully connected layers
 (:class:`BatchInnermostLinear`) leave it.
 
@@ -42,30 +42,52 @@ from ganforge.errors import UserError
 from ganforge.measurement.machine import cpu_identity
 from ganforge.runtime.lowering import Layers, in_place_activation, kernel_tap, lower_upsampling_runs
 
-LANES = 16  # batch images per vector register (direct.c's LANES)
-_ACCUMULATORS = 16  # register block size, output channels x batch vectors (x pixels)
+# (batch images per vector, accumulators per register block) by the target's registers: 32 of 16 floats with
+# AVX-512; 16 of 8 floats with AVX2 alone. On an x86-64-v3 build of `seed`, 8 lanes ran about 4x faster than 16
+# (whose vectors take two registers each); 8, 12 and 16 accumulators measured within noise of each other.
+WIDE, NARROW = (16, 16), (8, 12)
 _SPATIAL_MAX_CHANNELS, _SPATIAL_PIXELS = 4, 4  # layers this narrow get 2 x 2 pixel blocks
 _FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
 MARCH_ENV = "GANFORGE_KERNEL_MARCH"  # the target the kernel is compiled for; default native
 _ACTIVATIONS = {nn.ReLU: 1, nn.LeakyReLU: 2}  # done inside the kernel; others (tanh, sigmoid) after it
 
 
-def register_block(c_out: int) -> tuple[int, int, bool]:
-    """(output channels, batch vectors, spatial) per register block, about 16 accumulators in all.
+def register_block(c_out: int, accumulators: int = WIDE[1]) -> tuple[int, int, bool]:
+    """(output channels, batch vectors, spatial) per register block, about ``accumulators`` in all.
 
-    Up to 16 channels, split evenly over as few blocks as cover ``c_out``, at one output pixel; a layer with at
-    most 4 output channels (an RGB or grey last layer) is spatial, with blocks of 2 x 2 output pixels that share
-    every input vector loaded (see ``direct.c``). The batch vectors make up the rest of the 16."""
-    blocks = math.ceil(c_out / _ACCUMULATORS)
+    Up to that many channels, split evenly over as few blocks as cover ``c_out``, at one output pixel; a layer
+    with at most 4 output channels (an RGB or grey last layer) is spatial, with blocks of 2 x 2 output pixels
+    that share every input vector loaded (see ``direct.c``). The batch vectors make up the rest."""
+    blocks = math.ceil(c_out / accumulators)
     c_block = math.ceil(c_out / blocks)
     pixels = _SPATIAL_PIXELS if c_out <= _SPATIAL_MAX_CHANNELS else 1
-    return c_block, max(1, _ACCUMULATORS // (c_block * pixels)), pixels > 1
+    return c_block, max(1, accumulators // (c_block * pixels)), pixels > 1
 
 
-def padded_channels(c_out: int) -> int:
+def padded_channels(c_out: int, accumulators: int = WIDE[1]) -> int:
     """``c_out`` rounded up to whole register blocks: the packed weights' and bias's length (the padding is zero)."""
-    c_block = register_block(c_out)[0]
+    c_block = register_block(c_out, accumulators)[0]
     return math.ceil(c_out / c_block) * c_block
+
+
+@functools.cache
+def _target_has_avx512(compiler: str, march: str) -> bool:
+    """Whether ``compiler -march=march`` targets AVX-512, from the macros it predefines."""
+    _compiler_version(compiler)  # a missing compiler is a one-line error
+    done = subprocess.run([compiler, f"-march={march}", "-dM", "-E", "-x", "c", os.devnull], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
+        raise UserError(f"direct: {compiler} cannot target -march={march}: {first}")
+    return "#define __AVX512F__ 1" in done.stdout
+
+
+def kernel_target() -> tuple[str, str, tuple[int, int]]:
+    """(compiler, -march target, (lanes, accumulators)) that kernels are built for now: ``$CC`` (default ``cc``)
+    and ``$GANFORGE_KERNEL_MARCH`` (default ``native``)."""
+    compiler = os.environ.get("CC", "cc")
+    march = os.environ.get(MARCH_ENV) or "native"
+    return compiler, march, WIDE if _target_has_avx512(compiler, march) else NARROW
 
 
 def pack_weight(weight: torch.Tensor, c_out_padded: int) -> torch.Tensor:
@@ -97,11 +119,10 @@ def _compiler_version(compiler: str) -> str:
 def compile_kernel(c_in: int, c_out: int) -> Path:
     """The shared library of the kernel for one layer shape, compiled once per machine and compiler and cached.
     Raises :class:`UserError`, in one line, when there is no compiler, it fails, or the cache is unwritable."""
-    compiler = os.environ.get("CC", "cc")
-    march = os.environ.get(MARCH_ENV) or "native"
-    c_block, n_block, spatial = register_block(c_out)
+    compiler, march, (lanes, accumulators) = kernel_target()
+    c_block, n_block, spatial = register_block(c_out, accumulators)
     defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
-               "C_OUT_PADDED": padded_channels(c_out), "SPATIAL": int(spatial)}
+               "C_OUT_PADDED": padded_channels(c_out, accumulators), "SPATIAL": int(spatial), "LANES": lanes}
     source = resources.files("ganforge.runtime").joinpath("direct.c").read_text()
     command = [compiler, f"-march={march}", *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
     # -march=native code built on one CPU can crash another that shares the cache (a cluster's shared home).
@@ -183,11 +204,12 @@ class DirectUpsampling(nn.Module):
         self.out_channels: list[int] = []
         self.codes: list[tuple[int, float]] = []  # (kernel activation code, negative slope)
         self.after: list[Callable[[torch.Tensor], torch.Tensor] | None] = []  # what the kernel does not apply
+        self.lanes, accumulators = kernel_target()[2]
         for index, (convt, activation) in enumerate(layers):
             weight = convt.weight.detach().float()  # (C_in, C_out, 4, 4)
             c_in, c_out = weight.shape[:2]
             self.libraries.append(str(compile_kernel(c_in, c_out)))
-            c_out_padded = padded_channels(c_out)
+            c_out_padded = padded_channels(c_out, accumulators)
             self.register_buffer(f"weight{index}", pack_weight(weight, c_out_padded))
             bias = weight.new_zeros(c_out_padded)
             if convt.bias is not None:
@@ -200,7 +222,7 @@ class DirectUpsampling(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        padded = math.ceil(batch / LANES) * LANES  # whole vectors; the extra images are zeros, dropped at the end
+        padded = math.ceil(batch / self.lanes) * self.lanes  # whole vectors; the extra images are zeros, dropped later
         threads = torch.get_num_threads()
         h = _to_batch_innermost(x, self.libraries[0], padded, threads)  # (C, H, W, padded)
         for index, (library, c_out, (code, slope), after) in enumerate(
