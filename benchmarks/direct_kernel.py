@@ -1,6 +1,6 @@
-"""The `direct` kernel on its own: built for this machine and for x86-64-v3 (AVX2, no AVX-512), side by side
-with the `seed` generator in eager fp32 and in the `fused` form, on an idle machine and beside a second
-CPU-bound process.
+"""The `direct` kernel on its own: built for this machine (also under torch.compile, through its custom ops) and
+for x86-64-v3 (AVX2, no AVX-512), side by side with the `seed` generator in eager fp32 and in the `fused` form,
+on an idle machine and beside a second CPU-bound process.
 
     python benchmarks/direct_kernel.py [--repeats 30] [--render]
 
@@ -56,6 +56,8 @@ def _generators(march_env: str, cache_root: str) -> tuple[dict, dict, int]:
         compile_kernel(64, 32)  # one layer shape from a cold cache: the compiler's time
         build_s[name] = time.perf_counter() - start
         modules[f"direct ({name})"] = build_variant(Recipe("direct"), generator, spec.z_dim)
+        if march is None:  # the kernel's custom ops inside one inductor graph
+            modules[f"direct+compiled ({name})"] = build_variant(Recipe("direct+compiled"), generator, spec.z_dim)
     os.environ.pop(march_env, None)
     return modules, build_s, spec.z_dim
 

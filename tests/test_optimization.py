@@ -380,6 +380,18 @@ def test_direct_kernel_built_for_avx2_without_avx512_gives_the_same_images(tmp_p
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
+def test_direct_traces_whole_under_torch_compile_through_its_custom_ops():
+    """The kernel's calls are torch.library ops with fake shapes, so dynamo traces the form in one graph."""
+    spec = GeneratorSpec("seed", 16, 16, 1)
+    generator = _with_batchnorm_statistics(spec)
+    lowered = build_variant(Recipe("direct"), generator, spec.z_dim)
+    traced = torch.compile(lowered, backend="eager", fullgraph=True)  # dynamo's trace only: no C++ build here
+    z = torch.randn(5, spec.z_dim)
+    with torch.no_grad():
+        assert torch.allclose(traced(z), generator(z), atol=1e-5)
+    assert variant_steps("pruned+direct+compiled") == ("pruned", "direct", "compiled")
+
+
 def test_direct_kernel_source_uses_no_compiler_builtins():
     source = (Path(direct_form.__file__).parent / "direct.c").read_text()
     assert "__builtin" not in source  # GCC's __builtin_shuffle is unknown to Clang, for one

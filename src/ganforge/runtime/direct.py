@@ -166,26 +166,66 @@ def _transpose(library: str) -> Callable[..., None]:
     return function
 
 
-def _to_batch_innermost(x: torch.Tensor, library: str, padded: int, threads: int) -> torch.Tensor:
+# The kernel's three calls are torch.library custom ops, so torch.compile and torch.export see each as one opaque
+# op of known output shape (the fake implementations) instead of failing on ctypes calls.
+@torch.library.custom_op("ganforge::direct_to_batch_innermost", mutates_args=())
+def _to_batch_innermost_op(x: torch.Tensor, library: str, padded: int) -> torch.Tensor:
+    """(B, C, H, W) float32 -> (C, H, W, padded), the images past B zeros."""
+    x = x.contiguous()
+    batch, features = x.shape[0], x[0].numel()
+    out = x.new_empty(*x.shape[1:], padded)
+    _transpose(library)(x.data_ptr(), out.data_ptr(), padded, batch, features, features, padded,
+                        torch.get_num_threads())
+    return out
+
+
+@_to_batch_innermost_op.register_fake
+def _(x: torch.Tensor, library: str, padded: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[1:], padded)
+
+
+@torch.library.custom_op("ganforge::direct_transposed_conv", mutates_args=())
+def _transposed_conv_op(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, library: str, c_out: int,
+                        code: int, slope: float) -> torch.Tensor:
+    """One layer: (C_in, H, W, P) -> (c_out, 2H, 2W, P), with the kernel's activation ``code`` applied."""
+    h = h.contiguous()
+    _, height, width, padded = h.shape
+    out = h.new_empty(c_out, 2 * height, 2 * width, padded)
+    _kernel(library)(h.data_ptr(), weight.data_ptr(), bias.data_ptr(), out.data_ptr(), height, width, padded, code,
+                     slope, torch.get_num_threads())
+    return out
+
+
+@_transposed_conv_op.register_fake
+def _(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, library: str, c_out: int, code: int,
+      slope: float) -> torch.Tensor:
+    return h.new_empty(c_out, 2 * h.shape[1], 2 * h.shape[2], h.shape[3])
+
+
+@torch.library.custom_op("ganforge::direct_to_batch_major", mutates_args=())
+def _to_batch_major_op(h: torch.Tensor, library: str, batch: int) -> torch.Tensor:
+    """(C, H, W, padded) -> (batch, C, H, W), the first ``batch`` images."""
+    h = h.contiguous()
+    features, padded = h[..., 0].numel(), h.shape[-1]
+    out = h.new_empty(batch, *h.shape[:3])
+    _transpose(library)(h.data_ptr(), out.data_ptr(), features, features, batch, padded, features,
+                        torch.get_num_threads())
+    return out
+
+
+@_to_batch_major_op.register_fake
+def _(h: torch.Tensor, library: str, batch: int) -> torch.Tensor:
+    return h.new_empty(batch, *h.shape[:3])
+
+
+def _to_batch_innermost(x: torch.Tensor, library: str, padded: int) -> torch.Tensor:
     """(B, C, H, W) -> (C, H, W, padded), the images past B zeros. Nothing moves when ``x`` is already stored
     batch innermost (a :class:`BatchInnermostLinear`'s output) and the batch is whole vectors."""
-    batch, features = x.shape[0], x[0].numel()
     x = x.float()
     stored = x.permute(1, 2, 3, 0)  # (C, H, W, B)
     if stored.is_contiguous():
-        return stored if padded == batch else F.pad(stored, (0, padded - batch))
-    x = x.contiguous()
-    out = x.new_empty(*x.shape[1:], padded)
-    _transpose(library)(x.data_ptr(), out.data_ptr(), padded, batch, features, features, padded, threads)
-    return out
-
-
-def _to_batch_major(h: torch.Tensor, library: str, batch: int, threads: int) -> torch.Tensor:
-    """(C, H, W, padded) -> (batch, C, H, W), the first ``batch`` images."""
-    features, padded = h[..., 0].numel(), h.shape[-1]
-    out = h.new_empty(batch, *h.shape[:3])
-    _transpose(library)(h.data_ptr(), out.data_ptr(), features, features, batch, padded, features, threads)
-    return out
+        return stored if padded == x.shape[0] else F.pad(stored, (0, padded - x.shape[0]))
+    return _to_batch_innermost_op(x, library, padded)
 
 
 class DirectUpsampling(nn.Module):
@@ -223,19 +263,14 @@ class DirectUpsampling(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
         padded = math.ceil(batch / self.lanes) * self.lanes  # whole vectors; the extra images are zeros, dropped later
-        threads = torch.get_num_threads()
-        h = _to_batch_innermost(x, self.libraries[0], padded, threads)  # (C, H, W, padded)
+        h = _to_batch_innermost(x, self.libraries[0], padded)  # (C, H, W, padded)
         for index, (library, c_out, (code, slope), after) in enumerate(
                 zip(self.libraries, self.out_channels, self.codes, self.after, strict=True)):
-            _, height, width, _ = h.shape
-            out = h.new_empty(c_out, 2 * height, 2 * width, padded)
-            _kernel(library)(h.data_ptr(), getattr(self, f"weight{index}").data_ptr(),
-                             getattr(self, f"bias{index}").data_ptr(), out.data_ptr(), height, width, padded, code,
-                             slope, threads)
+            h = _transposed_conv_op(h, getattr(self, f"weight{index}"), getattr(self, f"bias{index}"), library,
+                                    c_out, code, slope)
             if after is not None:
-                after(out)
-            h = out
-        return _to_batch_major(h, self.libraries[-1], batch, threads)  # (B, C, H, W)
+                h = after(h)
+        return _to_batch_major_op(h, self.libraries[-1], batch)  # (B, C, H, W)
 
 
 class BatchInnermostLinear(nn.Module):

@@ -52,7 +52,6 @@ _FLOAT_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _NOT_COMBINABLE = {("int8", "compiled"): "torch.compile does not take torch.ao's quantized modules",
                    ("int8", "onnxruntime"): "the ONNX export is of the float model",
                    ("direct", "onnxruntime"): "the ONNX export is of the float model",
-                   ("direct", "compiled"): "torch.compile cannot trace the compiled kernel's calls",
                    ("bf16", "onnxruntime"): "the ONNX export is of the float model",
                    ("fp16", "onnxruntime"): "the ONNX export is of the float model"}
 _FOLDABLE = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
