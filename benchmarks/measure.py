@@ -19,6 +19,15 @@ DOC = REPO / "docs/benchmarks.md"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
 
 
+def targets(**names: str) -> dict[str, float]:
+    """Bounds from bench/targets.yaml, the one file of targets, under the names a script records them by:
+    ``targets(fid_ratio="winner_fid_ratio")`` -> {"fid_ratio": 1.1}."""
+    from ganforge.benchmarking.targets import TARGETS_FILE, load_targets
+
+    every = load_targets(REPO / "bench" / TARGETS_FILE)
+    return {name: every[key].bound for name, key in names.items()}
+
+
 def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
     """Wall seconds (0.1 s) and peak process-tree RSS (MiB) of ``cmd``."""
     result = _timing.timed(cmd, cwd, env)

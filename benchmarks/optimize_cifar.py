@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from data_path import prepare_archive
-from measure import REPO, cifar_main, machine, machine_line, write_doc_section
+from measure import REPO, cifar_main, machine, machine_line, targets, write_doc_section
 from time_to_quality import _configs, reference_matches
 
 from ganforge.config import read_params
@@ -33,7 +33,7 @@ VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fus
 # float types too (TFLite, for one, calls casting weights to float16 "float16 quantization").
 COMPRESSION_READINGS = {"pruned or int8": {"pruned", "int8"},
                         "pruned, int8, bf16 or fp16": {"pruned", "int8", "bf16", "fp16"}}
-TARGETS = {"speedup_vs_lite_fp32": 3.0, "fid_ratio": 1.1}
+TARGETS = targets(speedup_vs_lite_fp32="cifar_compressed_speedup", fid_ratio="cifar_compressed_fid_ratio")
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
@@ -118,8 +118,8 @@ def best_compressed(rows: dict, steps: set[str]) -> dict:
 def _target_row(reading: str, best: dict, t: dict) -> str:
     met = best["speedup_batch256"] >= t["speedup_vs_lite_fp32"] and best["fid_ratio"] <= t["fid_ratio"]
     return (f"| a variant using {reading}: ≥ {t['speedup_vs_lite_fp32']:.0f}× `lite` eager fp32 at batch 256, FID ≤ "
-            f"{t['fid_ratio']}× | `{best['variant']}`: {best['speedup_batch256']:.2f}×, FID {best['fid_ratio']:.3f}× | "
-            f"{'met' if met else '**missed**'} |")
+            f"{t['fid_ratio']:g}× | `{best['variant']}`: {best['speedup_batch256']:.2f}×, "
+            f"FID {best['fid_ratio']:.3f}× | {'met' if met else '**missed**'} |")
 
 
 def render(results: dict) -> None:

@@ -628,3 +628,25 @@ def test_the_long_run_curve_reads_as_targets_at_30_and_60_minutes(bench_repo):
     at_30, at_60 = (next(line for line in rows.values() if f"minute {m} " in line) for m in (30, 60))
     assert "| 1.02 |" in at_30 and "**missed**" not in at_30
     assert "| 1.3 |" in at_60 and "**missed**" in at_60
+
+
+@pytest.mark.parametrize(("entry", "what"), [
+    ("{what: x, by: y}", "no bound"), ("{what: x, by: y, at_most: 1, at_least: 0}", "two bounds"),
+    ("{what: x, by: y, at_most: ten}", "a bound that is not a number"), ("[1, 2]", "not a mapping")])
+def test_a_malformed_target_is_a_one_line_error_naming_it(tmp_path, entry, what, reliability):
+    from ganforge.benchmarking.targets import load_targets
+
+    path = tmp_path / "targets.yaml"
+    path.write_text(f"fine: {{what: a, by: b, at_least: 2}}\nbroken: {entry}\n")
+    reliability.bad_input()
+    with pytest.raises(UserError, match=r"targets\.yaml: broken: expected what, by and one number at_most or "
+                                        r"at_least, got "):
+        load_targets(path)
+
+
+def test_the_shipped_targets_file_holds_every_target_the_bench_page_renders():
+    from ganforge.benchmarking.targets import TARGETS_FILE, load_targets
+
+    targets = load_targets(REPO / "bench" / TARGETS_FILE)
+    assert targets["featurizer_minutes"].bound == 2 and targets["featurizer_minutes"].at_most
+    assert targets["recipe_recall"].bound == 0.45 and not targets["recipe_recall"].at_most

@@ -12,14 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from ganforge.benchmarking import sections
 from ganforge.benchmarking.page import write_doc_section
+from ganforge.benchmarking.targets import TARGETS_FILE, Target, load_targets, target_table
 from ganforge.errors import UserError
 from ganforge.files import POSITIVE, Each, Maybe, atomic_path, check_json, read_json
 from ganforge.measurement.ceilings import measure_ceilings
 from ganforge.measurement.machine import machine, machine_line
+from ganforge.reporting.tables import markdown_table
 
 _SPREAD = {"median": float, "min": float, "max": float}
 _RUN = {"wall_s": float, "peak_rss_mib": float}
@@ -109,6 +112,19 @@ def _range(s: dict, digits: int = 0) -> str:
     return f"{s['median']:,.{digits}f} ({s['min']:,.{digits}f}–{s['max']:,.{digits}f})"
 
 
+def _generation_table(rows: dict[str, dict]) -> list[str]:
+    """The generation rows as a markdown table, through a DataFrame of the figures."""
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    spread = [f"{m:,.0f} ({lo:,.0f}–{hi:,.0f})" for m, lo, hi in
+              frame[["img_per_s_batch256", "img_per_s_batch256_min", "img_per_s_batch256_max"]].itertuples(index=False)]
+    table = pd.DataFrame({
+        "generator": [f"`{name}` eager fp32" if name in ("seed", "lite") else name for name in frame.index],
+        "output": frame["shape"], "img/s": spread, "× `seed` fp32": frame["vs_seed_fp32"].map("{:.2f}".format),
+        "batch-1 ms": frame["latency_ms_batch1"].map("{:.2f}".format), "GFLOP/s": frame["gflops"].map("{:.1f}".format),
+        "of fp32 GEMM": frame["ceiling_fraction"].map("{:.1%}".format)})
+    return markdown_table(table)
+
+
 def render(results: Any, repo: Path, doc: Path, source: str = "--results") -> None:
     """Regenerate the ``bench`` and ``targets`` sections of ``doc`` from ``results`` (read from ``source``, which
     error lines name), after checking that it holds every field they use."""
@@ -127,13 +143,7 @@ def render(results: Any, repo: Path, doc: Path, source: str = "--results") -> No
         lines.append(f"| CUDA bf16 matmul ({m.get('cuda_device')}) | {_range(c['cuda_bf16_tflops'], 1)} TFLOP/s |")
     g = results["generation"]
     lines += ["", f"Generation at 32×32, batch {g['batch']} (and batch-1 latency), timed side by side:", "",
-              "| generator | output | img/s | × `seed` fp32 | batch-1 ms | GFLOP/s | of fp32 GEMM |",
-              "|---|---|---|---|---|---|---|"]
-    for name, r in g["rows"].items():
-        label = f"`{name}` eager fp32" if name in ("seed", "lite") else name
-        lines.append(f"| {label} | {r['shape']} | {r['img_per_s_batch256']:,.0f} ({r['img_per_s_batch256_min']:,.0f}–"
-                     f"{r['img_per_s_batch256_max']:,.0f}) | {r['vs_seed_fp32']:.2f} | {r['latency_ms_batch1']:.2f} | "
-                     f"{r['gflops']:.1f} | {r['ceiling_fraction']:.1%} |")
+              *_generation_table(g["rows"])]
     if "winner_skipped" in g:
         lines.append(f"| optimize winner | skipped: {g['winner_skipped']} ||||||")
     if results.get("generation_cuda"):
@@ -177,94 +187,78 @@ def _load(bench_dir: Path, name: str) -> dict | None:
     return measured
 
 
-def target_lines(results: dict, bench_dir: Path) -> list[str]:
-    """One row per target set by the project's issues: its latest measured value, where it was measured,
-    and met or missed. Figures come from this run where it measures them, else from the benchmark that
-    does (its JSON in ``bench_dir``)."""
-    rows: list[tuple[str, str, float | None, float, bool, bool]] = []  # what, source, value, target, at_most, ok
-
-    def add(what: str, source: str, value: float | None, target: float, at_most: bool, also: bool = True) -> None:
-        rows.append((what, source, value, target, at_most, also))
-
-    p = results["pipeline"]
+def _pipeline_and_data_rows(t: dict[str, Target], results: dict, bench_dir: Path) -> list[dict[str, str]]:
+    p, d = results["pipeline"], results["data"]
     budget = _load(bench_dir, "pipeline_budget") or {}
     repro = p.get("default_repro") or budget.get("repro_default")
-    source = "`ganforge bench`" if "default_repro" in p else "`make bench-budget`"
-    add("default `dvc repro` from scratch, minutes", source, repro and repro["wall_s"] / 60, 10, True)
-    add("default `dvc repro`, peak GB", source, repro and repro["peak_rss_mib"] / 1024, 4, True)
-    suite = budget.get("test_suite")
-    add("test suite, minutes", "`make bench-budget`", suite and suite["wall_s"] / 60, 15, True)
-    data = _load(bench_dir, "data_path") or {}
-    cifar_prep = data.get("prepare_cifar10_jpeg")
-    add("prepare CIFAR-10 JPEG (60,000 files), s", "`make bench-data`", cifar_prep and cifar_prep["wall_s"], 60, True)
-    add("prepare CIFAR-10 JPEG, peak GB", "`make bench-data`", cifar_prep and cifar_prep["peak_rss_mib"] / 1024, 2,
-        True)
-    d = results["data"]
-    add("data loader img/s", "`ganforge bench`", d["loader_img_per_s"]["median"], 20_000, False)
-    add("data loader + DiffAugment img/s", "`ganforge bench`", d["loader_augmented_img_per_s"]["median"], 5_000, False)
-    add("domain extractor img/s at 3×32×32", "`ganforge bench`", d["domain_features_img_per_s"]["median"], 2_000,
-        False)
-    add("DDP: 2 processes / 1 process training img/s", "`ganforge bench`", results["training"]["ddp"]["ratio"], 0.8,
-        False)
+    by = "`ganforge bench`" if "default_repro" in p else None
+    suite, data = budget.get("test_suite"), (_load(bench_dir, "data_path") or {}).get("prepare_cifar10_jpeg")
+    return [t["default_repro_minutes"].row(repro and repro["wall_s"] / 60, by=by),
+            t["default_repro_peak_gb"].row(repro and repro["peak_rss_mib"] / 1024, by=by),
+            t["test_suite_minutes"].row(suite and suite["wall_s"] / 60),
+            t["prepare_cifar_s"].row(data and data["wall_s"]),
+            t["prepare_cifar_peak_gb"].row(data and data["peak_rss_mib"] / 1024),
+            t["loader_img_per_s"].row(d["loader_img_per_s"]["median"]),
+            t["loader_augmented_img_per_s"].row(d["loader_augmented_img_per_s"]["median"]),
+            t["domain_extractor_img_per_s"].row(d["domain_features_img_per_s"]["median"]),
+            t["ddp_ratio"].row(results["training"]["ddp"]["ratio"])]
+
+
+def _quality_rows(t: dict[str, Target], bench_dir: Path) -> list[dict[str, str]]:
     quality = _load(bench_dir, "time_to_quality") or {}
-    add("CIFAR-10, 30 min each: `lite` FID / `seed` FID (lite reaches the lower FID)", "`make bench-quality`",
-        quality["lite"]["fid"] / quality["seed"]["fid"] if "lite" in quality and "seed" in quality else None, 1, True)
     q = quality.get("summary")
     if q and q["fid_key"] != "fid_inception_10k":
         q = None  # the recipe targets are set in Inception FID-10k
     best = f"best recipe (`{q['best']}`)" if q else "best recipe"
-    add(f"CIFAR-10, 30 min: {best} Inception FID-10k / the better of `seed` and `lite`", "`make bench-quality`",
-        q and "baseline_fid" in q and q["fid"] / q["baseline_fid"] or None, 0.6, True)
-    add(f"CIFAR-10, 30 min: {best} Inception FID-10k", "`make bench-quality`", q and q["fid"], 30, True)
-    add(f"CIFAR-10, 30 min: {best} final in-loop FID / its best", "`make bench-quality`",
-        q and q["last_over_best"], 1.15, True)
+    rows = [t["lite_over_seed_fid"].row(quality["lite"]["fid"] / quality["seed"]["fid"]
+                                        if "lite" in quality and "seed" in quality else None),
+            t["recipe_over_baseline_fid"].row(q and "baseline_fid" in q and q["fid"] / q["baseline_fid"] or None,
+                                              best=best),
+            t["recipe_inception_fid"].row(q and q["fid"], best=best),
+            t["recipe_last_over_best"].row(q and q["last_over_best"], best=best)]
     long = (_load(bench_dir, "time_to_quality_60min") or {}).get("summary")
     if long and long["snapshot_key"] != "fid_inception_10k":
         long = None
-    long_command = ("`benchmarks/time_to_quality.py --minutes 60 --only-listed --run default= "
-                    "--snapshot-minutes 10,20,30,60`")
     long_best = f"`{long['best']}`" if long else "best recipe"
-    for minute in ("30", "60"):
-        add(f"CIFAR-10, 60 min: {long_best} Inception FID-10k at minute "
-            f"{minute} / its best so far", long_command, long and long["snapshot_over_best"].get(minute), 1.15, True)
-    add(f"CIFAR-10, 30 min: {best} recall (domain features)", "`make bench-quality`", q and q["recall"], 0.45, False)
+    rows += [t["long_run_over_best"].row(long and long["snapshot_over_best"].get(minute), minute=minute,
+                                         best=long_best) for minute in ("30", "60")]
+    rows.append(t["recipe_recall"].row(q and q["recall"], best=best))
     small = (_load(bench_dir, "time_to_quality_6000") or {}).get("summary")
-    small_best = f"`{small['best']}`" if small else "best recipe"
-    add(f"CIFAR-10, 5,000 training images, 30 min: {small_best} final in-loop FID / its best",
-        "`make bench-quality` (`--max-images 6000`)", small and small["last_over_best"], 1.15, True)
+    rows.append(t["small_data_last_over_best"].row(small and small["last_over_best"],
+                                                   best=f"`{small['best']}`" if small else "best recipe"))
+    return rows
+
+
+def _stage_rows(t: dict[str, Target], bench_dir: Path) -> list[dict[str, str]]:
     featurizer = (_load(bench_dir, "featurizer_budget") or {}).get("runs", {})
     bounded, full = featurizer.get("params.yaml"), featurizer.get("15 epochs")
-    add("featurizer on CIFAR-10 (50,000 images, 32×32), minutes", "`make bench-featurizer`",
-        bounded and bounded["wall_s"] / 60, 2, True)
-    add("featurizer test accuracy − that of 15 epochs", "`make bench-featurizer`",
-        bounded and full and bounded["test_accuracy"] - full["test_accuracy"], 0, False)
     inception = _load(bench_dir, "inception_reference") or {}
-    add("Inception-v3 features, img/s on 2 cores (FID-10k under 6 minutes)", "`make bench-inception`",
-        inception.get("extract_test", {}).get("img_per_s"), 30, False)
     evaluation = _load(bench_dir, "evaluation_speed") or {}
-    add("evaluate stage on the default data, s", "`make bench-eval`",
-        evaluation.get("evaluate_stage", {}).get("wall_s"), 60, True)
-    add("FID of 10k samples vs cached CIFAR-10 statistics, s", "`make bench-eval`",
-        evaluation.get("cifar10", {}).get("fid_10k", {}).get("wall_s"), 60, True)
+    return [t["featurizer_minutes"].row(bounded and bounded["wall_s"] / 60),
+            t["featurizer_accuracy_gap"].row(bounded and full and bounded["test_accuracy"] - full["test_accuracy"]),
+            t["inception_img_per_s"].row(inception.get("extract_test", {}).get("img_per_s")),
+            t["evaluate_stage_s"].row(evaluation.get("evaluate_stage", {}).get("wall_s")),
+            t["cifar_fid_10k_s"].row(evaluation.get("cifar10", {}).get("fid_10k", {}).get("wall_s"))]
+
+
+def _optimize_rows(t: dict[str, Target], results: dict, bench_dir: Path) -> list[dict[str, str]]:
     winner = next((r for name, r in results["generation"]["rows"].items() if name.startswith("winner")), None)
-    add("optimize winner × `seed` eager fp32 img/s at batch 256", "`ganforge bench`",
-        winner and winner["vs_seed_fp32"], 10, False)
     optimize = _load(bench_dir, "optimize_speed") or {}
-    add("optimize winner FID / baseline FID", "`make bench-optimize`", optimize.get("winner_fid_ratio"), 1.1, True)
-    add("best unpruned fp32 variant, fraction of fp32 GEMM at batch 256", "`make bench-optimize`",
-        optimize.get("best_unpruned_fp32_ceiling_fraction"), 0.6, False)
-    cifar = (_load(bench_dir, "optimize_cifar") or {}).get("best_compressed", {})
-    for reading, best in cifar.items():
-        add(f"CIFAR-10: `{best['variant']}` ({reading}) × `lite` fp32 at batch 256, with FID "
-            f"{best['fid_ratio']:.3f}× (≤ 1.1×)", "`make bench-optimize-cifar`", best["speedup_batch256"], 3, False,
-            also=best["fid_ratio"] <= 1.1)
-    lines = ["| target | measured by | value | target | |", "|---|---|---|---|---|"]
-    for what, source, value, target, at_most, also in rows:
-        if value is None:
-            lines.append(f"| {what} | {source} | not measured yet | {'≤' if at_most else '≥'} {target:,g} | — |")
-            continue
-        met = (value <= target if at_most else value >= target) and also
-        shown = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-        lines.append(f"| {what} | {source} | {shown} | {'≤' if at_most else '≥'} {target:,g} | "
-                     f"{'met' if met else '**missed**'} |")
-    return lines
+    rows = [t["winner_vs_seed_fp32"].row(winner and winner["vs_seed_fp32"]),
+            t["winner_fid_ratio"].row(optimize.get("winner_fid_ratio")),
+            t["unpruned_ceiling_fraction"].row(optimize.get("best_unpruned_fp32_ceiling_fraction"))]
+    fid_bound = t["cifar_compressed_fid_ratio"].bound
+    for reading, best in ((_load(bench_dir, "optimize_cifar") or {}).get("best_compressed", {})).items():
+        rows.append(t["cifar_compressed_speedup"].row(best["speedup_batch256"], best["fid_ratio"] <= fid_bound,
+                                                      variant=best["variant"], reading=reading,
+                                                      fid_ratio=best["fid_ratio"], fid_bound=fid_bound))
+    return rows
+
+
+def target_lines(results: dict, bench_dir: Path) -> list[str]:
+    """One row per target of ``bench_dir/targets.yaml`` that a benchmark measures: its latest value, where it
+    was measured, and met or missed. Figures come from this run where it measures them, else from the
+    benchmark that does (its JSON in ``bench_dir``)."""
+    t = load_targets(bench_dir / TARGETS_FILE)
+    return target_table([*_pipeline_and_data_rows(t, results, bench_dir), *_quality_rows(t, bench_dir),
+                         *_stage_rows(t, bench_dir), *_optimize_rows(t, results, bench_dir)])

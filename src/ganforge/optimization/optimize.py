@@ -3,7 +3,6 @@ budget. Nothing is assumed: every variant is timed on the machine that runs the 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import tempfile
@@ -11,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -252,13 +252,12 @@ def failure_reason(error: Exception) -> str:
 def write_table(path: str | Path, rows: dict[str, dict[str, Any]], not_measured: dict[str, str] | None = None) -> None:
     """One CSV row per variant: the FID-against-images/s table that ``dvc plots`` draws. Variants that were
     skipped or failed to build get a row too, with empty figures and the reason in ``status``."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(TABLE_COLUMNS)
-        for name, row in rows.items():
-            writer.writerow([name] + [_round(row[c]) for c in TABLE_COLUMNS[1:-1]] + ["ok"])
-        for name, status in (not_measured or {}).items():
-            writer.writerow([name] + [""] * (len(TABLE_COLUMNS) - 2) + [status])
+    measured = [[name] + [_round(row[c]) for c in TABLE_COLUMNS[1:-1]] + ["ok"] for name, row in rows.items()]
+    unmeasured = [[name] + [None] * (len(TABLE_COLUMNS) - 2) + [status]
+                  for name, status in (not_measured or {}).items()]
+    table = pd.DataFrame(measured + unmeasured, columns=TABLE_COLUMNS)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def _round(value: Any) -> Any:

@@ -20,7 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from ganforge.errors import UserError
+from ganforge.reporting.tables import markdown_table
 
 GRID = "plots/evaluate/samples.png"
 QUALITY_KEYS = ("fid", "winner_fid")  # lower is better; gated, with every Inception FID (fid_inception_10k)
@@ -117,7 +120,7 @@ def _fmt(value: object) -> str:
 
 
 def _metric_rows(metrics_diff: dict) -> list[str]:
-    rows = ["| metric | base | this change | change |", "|---|---|---|---|"]
+    rows = []
     for path, changes in sorted(metrics_diff.items()):
         for key, change in sorted(changes.items(), key=lambda kv: (not headline(kv[0]), kv[0])):
             if not headline(key) and change.get("old") == change.get("new"):
@@ -129,14 +132,16 @@ def _metric_rows(metrics_diff: dict) -> list[str]:
             if rel is not None and key in SPEED_KEYS:
                 shown = f"**{rel + 1:.2f}×** {'faster' if rel > 0 else 'slower'}" if abs(rel) > 1e-9 else shown
             name = f"**{key}**" if key in _HIGHLIGHT or quality(key) else key
-            rows.append(f"| `{path}` {name} | {_fmt(change.get('old'))} | {_fmt(change.get('new'))} | {shown} |")
-    return rows
+            rows.append((f"`{path}` {name}", _fmt(change.get("old")), _fmt(change.get("new")), shown))
+    return markdown_table(pd.DataFrame(rows, columns=["metric", "base", "this change", "change"]))
 
 
 def _param_rows(params_diff: dict) -> list[str]:
-    rows = [f"| `{path}` {key} | {_fmt(change.get('old'))} | {_fmt(change.get('new'))} |"
+    rows = [(f"`{path}` {key}", _fmt(change.get("old")), _fmt(change.get("new")))
             for path, changes in sorted(params_diff.items()) for key, change in sorted(changes.items())]
-    return ["| param | base | this change |", "|---|---|---|", *rows] if rows else ["No params changed."]
+    if not rows:
+        return ["No params changed."]
+    return markdown_table(pd.DataFrame(rows, columns=["param", "base", "this change"]))
 
 
 def _grid_at(repo: Path, rev: str, out: Path) -> bool:
