@@ -23,6 +23,7 @@ from ganforge.evaluation.protocol import Protocol, figure_suffix, make_protocol,
 from ganforge.files import atomic_dir, atomic_path, write_json
 from ganforge.measurement.ceilings import GemmProbe
 from ganforge.measurement.speed import (
+    Timing,
     flops_per_image,
     onnx_peak_rss_mib,
     parameter_count,
@@ -30,7 +31,7 @@ from ganforge.measurement.speed import (
     serialized_bytes,
     time_generators,
 )
-from ganforge.models import load_generator, save_generator
+from ganforge.models import GeneratorSpec, load_generator, save_generator
 from ganforge.models.registry import trained_generator_path
 from ganforge.optimization.pruning import distill, prune_generator, trained_discriminator
 from ganforge.optimization.select import fid_budget, select_winner
@@ -56,8 +57,7 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
 
     ``out_dir`` receives the winner's float weights (pruned ones with their smaller shapes), the trained
     baseline's, ``recipe.json`` and ``optimize.json`` (these metrics with the scoring protocol); the metrics
-    JSON records every variant's measurements, and the CSV table holds one row
-    per variant for ``dvc plots``.
+    JSON records every variant's measurements, and the CSV table holds one row per variant for ``dvc plots``.
     """
     if cfg.fid_units == "inception" and reference_cfg.feature_extractor != INCEPTION_EXTRACTOR:
         raise UserError(f"optimize.fid_units: inception needs reference.feature_extractor {INCEPTION_EXTRACTOR}; "
@@ -70,28 +70,72 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
                  if cfg.fid_units == "inception" else None)  # checked before any variant is built
     threads = cfg.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-
     skipped = {name: why for name in names for step in steps[name] if step in ("bf16", "fp16")
                if (why := reduced_precision_support(step))}
     names = [name for name in names if name not in skipped]
     notes: dict[str, Any] = {"skipped": skipped} if skipped else {}
-    bases = {name: teacher for name in names}
-    if any("pruned" in steps[name] for name in names):
-        pruned = prune_generator(teacher, spec.z_dim, cfg.prune_ratio, cfg.prune_importance)
-        notes["distillation"] = distill(pruned, teacher, trained_discriminator(train_dir, spec), spec.z_dim, cfg,
-                                        cfg.seed)
-        bases |= {name: pruned for name in names if "pruned" in steps[name]}
-
+    bases, distillation = _float_bases(names, steps, teacher, spec, train_dir, cfg)
+    notes |= {"distillation": distillation} if distillation is not None else {}
     batches = sorted(set(cfg.speed_batches) | {1, cfg.batch})  # batch 1 gives the latency
+    modules, build_s, failed = _build_variants(names, steps, bases, cfg, spec.z_dim, threads, batches)
+    names = [name for name in names if name not in failed]
+    notes |= {"failed": failed} if failed else {}
+    timings, ceiling = _time_variants(modules, spec.z_dim, batches, cfg)
+
+    rows = {name: _variant_row(name, modules[name], bases[name], spec.z_dim, timings, cfg.batch, ceiling,
+                               build_s[name], protocol)
+            for name in tqdm(names, desc="optimize: FID and memory per variant", unit="variant")}
+    if "int8" in modules:
+        notes["int8_float_layers"] = float_layers(modules["int8"])
+
+    baseline = rows[BASELINE]
+    winner, budget = _select(rows, modules, spec.z_dim, cfg, inception, notes)
+
+    metrics = {
+        "winner": winner, "winner_speedup": rows[winner]["speedup"], "winner_img_per_s": rows[winner]["img_per_s"],
+        "baseline_img_per_s": baseline["img_per_s"], "winner_fid": rows[winner]["fid"],
+        "baseline_fid": baseline["fid"], "fid_budget": budget, "macs_ratio": rows[winner]["macs"] / baseline["macs"],
+        "gemm_gflops": ceiling, "batch": cfg.batch, "ceiling_batch": batches[-1], "threads": threads,
+        "variants": rows, **notes,
+    }
+    # The package stage reads everything it needs from here: the winner, the trained baseline beside it, and
+    # these measurements (its model card's speed table and the FID its ONNX export must reproduce).
+    with atomic_dir(out_dir) as tmp:
+        save_generator(bases[winner], dataclasses.replace(spec, pruned="pruned" in steps[winner]), tmp / WINNER_FILE)
+        save_generator(teacher, spec, tmp / BASELINE_FILE)
+        write_json(tmp / RECIPE_FILE, recipe(winner, cfg).to_dict())
+        write_json(tmp / REPORT_FILE, metrics | {"protocol": protocol.describe()})
+    write_json(metrics_path, metrics)
+    write_table(table_path, rows, {name: f"{kind}: {why}" for kind in ("skipped", "failed")
+                                   for name, why in notes.get(kind, {}).items()})
+    return metrics
+
+
+def _float_bases(names: list[str], steps: dict[str, tuple[str, ...]], teacher: nn.Module, spec: GeneratorSpec,
+                 train_dir: str | Path, cfg: OptimizeConfig) -> tuple[dict[str, nn.Module], dict | None]:
+    """The float weights each variant is built from: the trained generator, or for ``pruned`` variants its
+    pruned and distilled copy (made once); and the distillation's record (None without pruned variants)."""
+    bases = {name: teacher for name in names}
+    if not any("pruned" in steps[name] for name in names):
+        return bases, None
+    pruned = prune_generator(teacher, spec.z_dim, cfg.prune_ratio, cfg.prune_importance)
+    distillation = distill(pruned, teacher, trained_discriminator(train_dir, spec), spec.z_dim, cfg, cfg.seed)
+    return bases | {name: pruned for name in names if "pruned" in steps[name]}, distillation
+
+
+def _build_variants(names: list[str], steps: dict[str, tuple[str, ...]], bases: dict[str, nn.Module],
+                    cfg: OptimizeConfig, z_dim: int, threads: int, batches: list[int]) -> tuple[dict, dict, dict]:
+    """(modules, build seconds, why each failed) of the variants; a compiled one is compiled for every timed
+    batch now, so timing sees no compilation. Only the baseline failing is fatal."""
     modules, build_s, failed = {}, {}, {}
     for name in tqdm(names, desc="optimize: building variants", unit="variant"):
         start = time.perf_counter()
         try:
-            modules[name] = build_variant(recipe(name, cfg), bases[name], spec.z_dim, threads=threads)
+            modules[name] = build_variant(recipe(name, cfg), bases[name], z_dim, threads=threads)
             if "compiled" in steps[name]:
-                with torch.inference_mode():  # compile for every timed shape now, so timing sees no compilation
+                with torch.inference_mode():
                     for batch in batches:
-                        modules[name](torch.zeros(batch, spec.z_dim))
+                        modules[name](torch.zeros(batch, z_dim))
         except Exception as error:  # noqa: BLE001 - a variant this machine cannot build is reported, not fatal
             if name == BASELINE:
                 raise
@@ -99,82 +143,69 @@ def optimize(cfg: OptimizeConfig, eval_cfg: EvaluateConfig, reference_cfg: Refer
             failed[name] = failure_reason(error)
             continue
         build_s[name] = time.perf_counter() - start
-    names = [name for name in names if name not in failed]
-    notes |= {"failed": failed} if failed else {}
-    probe = GemmProbe()  # the ceiling, timed round by round with the variants at the batch compared with it
-    timings = {batch: time_generators(modules | ({_CEILING: probe} if batch == batches[-1] else {}), spec.z_dim,
+    return modules, build_s, failed
+
+
+def _time_variants(modules: dict[str, nn.Module], z_dim: int, batches: list[int],
+                   cfg: OptimizeConfig) -> tuple[dict[int, dict[str, Timing]], float]:
+    """Every variant's timing at every batch, side by side, and the fp32 GEMM ceiling in GFLOP/s, timed round
+    by round with the variants at the largest batch, the one compared with it."""
+    probe = GemmProbe()
+    timings = {batch: time_generators(modules | ({_CEILING: probe} if batch == batches[-1] else {}), z_dim,
                                       batch, cfg.warmup, cfg.repeats, seed=cfg.seed)
                for batch in batches}
-    ceiling = probe.gflops(timings[batches[-1]].pop(_CEILING))
+    return timings, probe.gflops(timings[batches[-1]].pop(_CEILING))
 
-    rows: dict[str, dict[str, Any]] = {}
-    for name in tqdm(names, desc="optimize: FID and memory per variant", unit="variant"):
-        module, flops = modules[name], flops_per_image(bases[name], spec.z_dim)
-        at_deploy, at_largest = timings[cfg.batch][name], timings[batches[-1]][name]
-        rows[name] = {
-            "img_per_s": at_deploy.img_per_s,
-            "img_per_s_min": at_deploy.img_per_s_min,
-            "img_per_s_max": at_deploy.img_per_s_max,
-            **{f"img_per_s_batch{batch}": timings[batch][name].img_per_s for batch in batches},
-            "latency_ms_batch1": timings[1][name].ms_per_batch,
-            "macs": flops // 2,
-            "params": parameter_count(bases[name]),
-            "size_bytes": len(module.onnx_bytes) if isinstance(module, OnnxRuntimeGenerator)
-            else serialized_bytes(_eager(module)),
-            "peak_mem_mib": _peak_memory(module, spec.z_dim, batches[-1]),
-            "gflops": flops * at_largest.img_per_s / 1e9,
-            "ceiling_fraction": flops * at_largest.img_per_s / 1e9 / ceiling,
-            "build_s": build_s[name],
-            **_score(module, spec.z_dim, protocol),
-        }
-    if "int8" in modules:
-        notes["int8_float_layers"] = float_layers(modules["int8"])
 
-    baseline = rows[BASELINE]
+def _variant_row(name: str, module: nn.Module, base: nn.Module, z_dim: int, timings: dict[int, dict[str, Timing]],
+                 deploy_batch: int, ceiling: float, build_s: float, protocol: Protocol) -> dict[str, Any]:
+    """One variant's measurements: images/s per batch, latency, size, memory, rate against the ceiling, FID."""
+    flops, largest = flops_per_image(base, z_dim), max(timings)
+    at_deploy, at_largest = timings[deploy_batch][name], timings[largest][name]
+    return {
+        "img_per_s": at_deploy.img_per_s,
+        "img_per_s_min": at_deploy.img_per_s_min,
+        "img_per_s_max": at_deploy.img_per_s_max,
+        **{f"img_per_s_batch{batch}": timings[batch][name].img_per_s for batch in sorted(timings)},
+        "latency_ms_batch1": timings[1][name].ms_per_batch,
+        "macs": flops // 2,
+        "params": parameter_count(base),
+        "size_bytes": len(module.onnx_bytes) if isinstance(module, OnnxRuntimeGenerator)
+        else serialized_bytes(_eager(module)),
+        "peak_mem_mib": _peak_memory(module, z_dim, largest),
+        "gflops": flops * at_largest.img_per_s / 1e9,
+        "ceiling_fraction": flops * at_largest.img_per_s / 1e9 / ceiling,
+        "build_s": build_s,
+        **_score(module, z_dim, protocol),
+    }
+
+
+def _select(rows: dict[str, dict[str, Any]], modules: dict[str, nn.Module], z_dim: int, cfg: OptimizeConfig,
+            inception: Protocol | None, notes: dict[str, Any]) -> tuple[str, float]:
+    """(winner, FID budget): the fastest variant within the budget, in Inception units when ``inception`` is
+    given. Adds each row's speed-up over the baseline, and to ``notes`` the Inception record and any fallback."""
     for row in rows.values():
-        row["speedup"] = row["img_per_s"] / baseline["img_per_s"]
-    budget = fid_budget(baseline["fid"], cfg.max_fid_increase)
+        row["speedup"] = row["img_per_s"] / rows[BASELINE]["img_per_s"]
+    budget = fid_budget(rows[BASELINE]["fid"], cfg.max_fid_increase)
     winner = select_winner({n: r["img_per_s"] for n, r in rows.items()}, {n: r["fid"] for n, r in rows.items()},
                            BASELINE, budget)
     if inception is not None:
         start = time.perf_counter()
-        winner, notes["inception"] = inception_winner(rows, modules, spec.z_dim, budget, cfg, inception)
+        winner, notes["inception"] = inception_winner(rows, modules, z_dim, budget, cfg, inception)
         notes["inception"]["seconds"] = time.perf_counter() - start
-    over_budget = {name: row["fid"] for name, row in rows.items() if name != BASELINE and row["fid"] > budget}
-    if over_budget and len(over_budget) == len(rows) - 1:
-        notes["fallback"] = (f"no variant met the FID budget {budget:.3f} (baseline {baseline['fid']:.3f} "
-                             f"x {1 + cfg.max_fid_increase:g}): "
-                             + ", ".join(f"{name} {fid:.3f}" for name, fid in over_budget.items())
-                             + f"; falling back to the baseline {BASELINE}")
+    notes |= _fallback_note(rows, budget, cfg.max_fid_increase)
+    return winner, budget
 
-    metrics = {
-        "winner": winner,
-        "winner_speedup": rows[winner]["speedup"],
-        "winner_img_per_s": rows[winner]["img_per_s"],
-        "baseline_img_per_s": baseline["img_per_s"],
-        "winner_fid": rows[winner]["fid"],
-        "baseline_fid": baseline["fid"],
-        "fid_budget": budget,
-        "macs_ratio": rows[winner]["macs"] / baseline["macs"],
-        "gemm_gflops": ceiling,
-        "batch": cfg.batch,
-        "ceiling_batch": batches[-1],
-        "threads": threads,
-        "variants": rows,
-        **notes,
-    }
-    # The package stage reads everything it needs from here: the winner, the trained baseline beside it, and
-    # these measurements (its model card's speed table and the FID its ONNX export must reproduce).
-    with atomic_dir(out_dir) as tmp:
-        save_generator(bases[winner], dataclasses.replace(spec, pruned="pruned" in steps[winner]),
-                       tmp / WINNER_FILE)
-        save_generator(teacher, spec, tmp / BASELINE_FILE)
-        write_json(tmp / RECIPE_FILE, recipe(winner, cfg).to_dict())
-        write_json(tmp / REPORT_FILE, metrics | {"protocol": protocol.describe()})
-    write_json(metrics_path, metrics)
-    write_table(table_path, rows, {name: f"skipped: {why}" for name, why in skipped.items()}
-                | {name: f"failed: {why}" for name, why in failed.items()})
-    return metrics
+
+def _fallback_note(rows: dict[str, dict[str, Any]], budget: float, max_fid_increase: float) -> dict[str, str]:
+    """``{"fallback": why}`` when no variant met the FID budget (the baseline wins), else nothing."""
+    over_budget = {name: row["fid"] for name, row in rows.items() if name != BASELINE and row["fid"] > budget}
+    if not over_budget or len(over_budget) < len(rows) - 1:
+        return {}
+    return {"fallback": f"no variant met the FID budget {budget:.3f} (baseline {rows[BASELINE]['fid']:.3f} "
+                        f"x {1 + max_fid_increase:g}): "
+                        + ", ".join(f"{name} {fid:.3f}" for name, fid in over_budget.items())
+                        + f"; falling back to the baseline {BASELINE}"}
 
 
 def inception_winner(rows: dict[str, dict[str, Any]], modules: dict[str, nn.Module], z_dim: int,

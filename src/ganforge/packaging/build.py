@@ -100,6 +100,27 @@ def _check_fid_parity(onnx_fid: float, evaluated_fid: float, cfg: PackageConfig)
     return gap
 
 
+def _package_config(spec: GeneratorSpec, recipe: Recipe) -> dict[str, Any]:
+    """config.json of a package: its format, the generator, the recipe and how to read its input and output."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "generator": spec.to_dict(),
+        "recipe": recipe.to_dict(),
+        "output": {"range": [-1.0, 1.0], "to_uint8": "round((x + 1) * 127.5)", "layout": "NCHW"},
+        "latents": {"distribution": "standard normal", "truncation": "optional: normal truncated at ±psi"},
+        "onnx": {"file": ONNX, "graph": "batchnorm-folded float32", "input": "z", "output": "images"},
+    }
+
+
+def _write_baseline(optimized_dir: Path, tmp: Path, cfg: PackageConfig) -> dict[str, Any]:
+    """Write the trained generator beside the winner (weights and a parity-checked ONNX); its config.json entry."""
+    baseline, baseline_spec = load_generator(optimized_dir / BASELINE_FILE)
+    save_weights(baseline, tmp / BASELINE_WEIGHTS, {"spec": baseline_spec.to_dict()})
+    _export_checked(baseline, baseline_spec, tmp / BASELINE_ONNX, cfg)
+    return {"generator": baseline_spec.to_dict(), "weights": BASELINE_WEIGHTS, "onnx": BASELINE_ONNX}
+
+
 def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | Path, data_dir: str | Path,
                   out_dir: str | Path, metrics_path: str | Path) -> dict[str, Any]:
     """Build the package from the optimize stage's winner, gate it on ONNX parity (pixels, and FID re-scored
@@ -119,21 +140,9 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
         max_abs_diff = _export_checked(generator, spec, tmp / ONNX, cfg)
         onnx_scores = score_onnx_generator(tmp / ONNX, spec.z_dim, protocol)
         fid_gap = _check_fid_parity(onnx_scores["fid"], evaluated["fid"], cfg)
-        config = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "generator": spec.to_dict(),
-            "recipe": recipe.to_dict(),
-            "output": {"range": [-1.0, 1.0], "to_uint8": "round((x + 1) * 127.5)", "layout": "NCHW"},
-            "latents": {"distribution": "standard normal", "truncation": "optional: normal truncated at ±psi"},
-            "onnx": {"file": ONNX, "graph": "batchnorm-folded float32", "input": "z", "output": "images"},
-        }
+        config = _package_config(spec, recipe)
         if cfg.include_baseline:
-            baseline, baseline_spec = load_generator(optimized_dir / BASELINE_FILE)
-            save_weights(baseline, tmp / BASELINE_WEIGHTS, {"spec": baseline_spec.to_dict()})
-            _export_checked(baseline, baseline_spec, tmp / BASELINE_ONNX, cfg)
-            config["baseline"] = {"generator": baseline_spec.to_dict(), "weights": BASELINE_WEIGHTS,
-                                  "onnx": BASELINE_ONNX}
+            config["baseline"] = _write_baseline(optimized_dir, tmp, cfg)
         write_json(tmp / CONFIG, config)
         with torch.inference_mode():
             grid_images = to_uint8(build_variant(recipe, generator, spec.z_dim, runtime=False)(
@@ -145,15 +154,10 @@ def write_package(cfg: PackageConfig, protocol: Protocol, optimized_dir: str | P
                                            parameter_count(generator), cfg))
         files = sorted(p.name for p in tmp.iterdir())
         package_bytes, onnx_bytes = sum((tmp / name).stat().st_size for name in files), (tmp / ONNX).stat().st_size
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "ganforge_version": __version__,
-            "git_commit": _git_commit(),
-            "files": {name: sha256_file(tmp / name) for name in files},
-            "params": config_to_dict(cfg),
-        }
-        write_json(tmp / MANIFEST, manifest)
+        write_json(tmp / MANIFEST, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                    "ganforge_version": __version__, "git_commit": _git_commit(),
+                                    "files": {name: sha256_file(tmp / name) for name in files},
+                                    "params": config_to_dict(cfg)})
 
     metrics = {
         **parity,

@@ -29,43 +29,25 @@ def _speed_table(report: dict[str, Any], winner: str) -> list[str]:
     return lines
 
 
-def model_card(spec: GeneratorSpec, recipe: Recipe, report: dict[str, Any], data: dict[str, Any],
-               parity: dict[str, float], protocol: dict[str, Any], params: int, cfg: PackageConfig) -> str:
-    """The model card's markdown.
+_USE = [
+    "## Use",
+    "",
+    "```",
+    "ganforge generate --package . -n 1000 --out images/ [--grid grid.png] [--seed 0] [--truncation 0.7]",
+    "ganforge serve --package .   # http://127.0.0.1:8000/",
+    "```",
+    "",
+    "Loading verifies the sha256 of every file against `manifest.json` and rebuilds the network from "
+    "`config.json` and `model.safetensors`; nothing is unpickled. `generator.onnx` (dynamic batch) runs in "
+    "ONNX Runtime without ganforge.",
+    "",
+]
 
-    Args:
-        spec: the packaged generator's spec.
-        recipe: the optimize recipe of the winner.
-        report: the optimize stage's measurements (``models/optimized/optimize.json``).
-        data: the prepare stage's manifest (``data/prepared/manifest.json``).
-        parity: the package stage's ONNX parity figures.
-        protocol: the evaluate protocol the metrics were measured under.
-        params: parameter count of the packaged generator.
-        cfg: the package params.
-    """
-    winner, rows = recipe.variant, report["variants"]
+
+def _data_lines(data: dict[str, Any]) -> list[str]:
+    """The card's training-data section, from the prepare stage's manifest."""
     counts = data.get("counts", {})
-    lines = [
-        f"# ganforge generator: `{spec.arch}` as `{winner}`",
-        "",
-        f"An unconditional image generator, {spec.resolution}×{spec.resolution} pixels with {spec.channels} "
-        f"channel{'s' if spec.channels > 1 else ''}, from latents of {spec.z_dim} dimensions. Built by ganforge "
-        f"{__version__}; the optimize stage chose the `{winner}` variant as the fastest at batch {report['batch']} "
-        f"within its quality budget (FID ≤ {report['fid_budget']:.3f}).",
-        "",
-        "![samples from this package](samples.png)",
-        "",
-        "## Use",
-        "",
-        "```",
-        "ganforge generate --package . -n 1000 --out images/ [--grid grid.png] [--seed 0] [--truncation 0.7]",
-        "ganforge serve --package .   # http://127.0.0.1:8000/",
-        "```",
-        "",
-        "Loading verifies the sha256 of every file against `manifest.json` and rebuilds the network from "
-        "`config.json` and `model.safetensors`; nothing is unpickled. `generator.onnx` (dynamic batch) runs in "
-        "ONNX Runtime without ganforge.",
-        "",
+    return [
         "## Training data",
         "",
         f"- source: `{data.get('source')}`" + (f" (`{data['source_path']}`)" if data.get("source_path") else ""),
@@ -74,6 +56,13 @@ def model_card(spec: GeneratorSpec, recipe: Recipe, report: dict[str, Any], data
         f"channel{'s' if data.get('channels') != 1 else ''}",
         f"- source hash: `{data.get('source_hash')}`",
         "",
+    ]
+
+
+def _quality_lines(rows: dict[str, Any], winner: str, protocol: dict[str, Any], report: dict[str, Any],
+                   parity: dict[str, float], cfg: PackageConfig) -> list[str]:
+    """The card's quality section: the winner's and the baseline's metrics, the protocol and the ONNX parity."""
+    return [
         "## Quality",
         "",
         "| metric | this package | trained baseline (`fp32`) |",
@@ -92,6 +81,37 @@ def model_card(spec: GeneratorSpec, recipe: Recipe, report: dict[str, Any], data
         f"tolerance {cfg.parity_max_fid_rel_diff}); its pixels differ from PyTorch's by at most "
         f"{parity['onnx_max_abs_diff']:.2g} (tolerance {cfg.parity_max_abs_diff}).",
         "",
+    ]
+
+
+def model_card(spec: GeneratorSpec, recipe: Recipe, report: dict[str, Any], data: dict[str, Any],
+               parity: dict[str, float], protocol: dict[str, Any], params: int, cfg: PackageConfig) -> str:
+    """The model card's markdown.
+
+    Args:
+        spec: the packaged generator's spec.
+        recipe: the optimize recipe of the winner.
+        report: the optimize stage's measurements (``models/optimized/optimize.json``).
+        data: the prepare stage's manifest (``data/prepared/manifest.json``).
+        parity: the package stage's ONNX parity figures.
+        protocol: the evaluate protocol the metrics were measured under.
+        params: parameter count of the packaged generator.
+        cfg: the package params.
+    """
+    winner, rows = recipe.variant, report["variants"]
+    lines = [
+        f"# ganforge generator: `{spec.arch}` as `{winner}`",
+        "",
+        f"An unconditional image generator, {spec.resolution}×{spec.resolution} pixels with {spec.channels} "
+        f"channel{'s' if spec.channels > 1 else ''}, from latents of {spec.z_dim} dimensions. Built by ganforge "
+        f"{__version__}; the optimize stage chose the `{winner}` variant as the fastest at batch {report['batch']} "
+        f"within its quality budget (FID ≤ {report['fid_budget']:.3f}).",
+        "",
+        "![samples from this package](samples.png)",
+        "",
+        *_USE,
+        *_data_lines(data),
+        *_quality_lines(rows, winner, protocol, report, parity, cfg),
         "## Speed",
         "",
         f"Measured side by side in one run by the optimize stage on {report['threads']} CPU threads (median of "

@@ -95,24 +95,9 @@ def _check_grid(count: int, resolution: int) -> tuple[int, int]:
     return width, height
 
 
-def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = None,
-             grid_path: str | Path | None = None, seed: int = 0, batch: int = 64, runtime: str = "torch",
-             truncation: float | None = None, model: str = "winner") -> float:
-    """Generate ``count`` images from a verified package as PNGs in ``out_dir`` and/or one grid PNG.
-
-    Args:
-        package_dir: the package directory (``dist/generator``).
-        count: number of images.
-        out_dir: directory for ``000000.png``, ``000001.png``, ...; None writes no files.
-        grid_path: one grid PNG of all images (at most :data:`MAX_GRID_IMAGES`); None writes no grid.
-        seed: latent stream; the same seed always gives the same images.
-        batch: images per forward pass (does not change the images).
-        runtime: ``torch`` or ``onnxruntime``.
-        truncation: draw latents from a normal truncated at ±truncation; None for the plain normal.
-        model: ``winner`` or ``baseline`` (when packaged).
-
-    Returns the images/s achieved (all ranks together).
-    """
+def _check_arguments(package_dir: str | Path, count: int, out_dir: str | Path | None, grid_path: str | Path | None,
+                     batch: int, truncation: float | None) -> None:
+    """Refuse, in one line, arguments :func:`generate` cannot honour, before the package loads."""
     if out_dir is None and grid_path is None:
         raise UserError("give --out DIR for PNG files, --grid FILE for one grid, or both")
     if count < 1 or batch < 1:
@@ -134,8 +119,10 @@ def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = N
     if grid_path is not None and Path(grid_path).suffix.lower() != ".png":  # it is written as PNG, whatever the name
         raise UserError(f"--grid {grid_path}: the grid is a PNG; give a file name ending in .png")
 
-    package = load_package(package_dir, runtime, model)
-    channels, resolution = package.spec.channels, package.spec.resolution
+
+def _check_space(count: int, resolution: int, channels: int, out_dir: str | Path | None,
+                 grid_path: str | Path | None) -> None:
+    """Refuse up front a disk without room for the worst-case PNG sizes."""
     space: dict[str, tuple[Path, int, int, str]] = {}
     if out_dir is not None:
         space["--out"] = (Path(out_dir), count, png_size_bound(resolution, resolution, channels),
@@ -145,6 +132,29 @@ def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = N
         space["--grid"] = (Path(grid_path), 1, png_size_bound(width, height, 3), f"a {width}×{height} PNG")
     check_free_space(space)
 
+
+def generate(package_dir: str | Path, count: int, out_dir: str | Path | None = None,
+             grid_path: str | Path | None = None, seed: int = 0, batch: int = 64, runtime: str = "torch",
+             truncation: float | None = None, model: str = "winner") -> float:
+    """Generate ``count`` images from a verified package as PNGs in ``out_dir`` and/or one grid PNG.
+
+    Args:
+        package_dir: the package directory (``dist/generator``).
+        count: number of images.
+        out_dir: directory for ``000000.png``, ``000001.png``, ...; None writes no files.
+        grid_path: one grid PNG of all images (at most :data:`MAX_GRID_IMAGES`); None writes no grid.
+        seed: latent stream; the same seed always gives the same images.
+        batch: images per forward pass (does not change the images).
+        runtime: ``torch`` or ``onnxruntime``.
+        truncation: draw latents from a normal truncated at ±truncation; None for the plain normal.
+        model: ``winner`` or ``baseline`` (when packaged).
+
+    Returns the images/s achieved (all ranks together).
+    """
+    _check_arguments(package_dir, count, out_dir, grid_path, batch, truncation)
+    package = load_package(package_dir, runtime, model)
+    channels, resolution = package.spec.channels, package.spec.resolution
+    _check_space(count, resolution, channels, out_dir, grid_path)
     world, rank = distributed.world_size(), distributed.rank()
     firsts, mine = shard(count, batch, world, rank)  # image indices stay global
     main = distributed.is_main_process()
