@@ -471,6 +471,15 @@ def test_direct_without_a_compiler_is_a_one_line_error(tmp_path, monkeypatch, re
         build_variant(Recipe("direct"), generator, 16)
 
 
+def test_a_kernel_target_the_compiler_does_not_know_is_a_one_line_error(tmp_path, monkeypatch, reliability):
+    reliability.bad_input()
+    monkeypatch.setenv(direct_form.MARCH_ENV, "no-such-cpu")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"^direct: \S+ cannot target -march=no-such-cpu: .*no-such-cpu") as error:
+        compile_kernel(5, 7)
+    assert "\n" not in str(error.value)
+
+
 def test_direct_with_an_unwritable_kernel_cache_is_a_one_line_error(tmp_path, monkeypatch, reliability):
     reliability.fault()
     (tmp_path / "ganforge").write_text("a file where the cache folder would go")

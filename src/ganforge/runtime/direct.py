@@ -70,6 +70,11 @@ def padded_channels(c_out: int, accumulators: int = WIDE[1]) -> int:
     return math.ceil(c_out / c_block) * c_block
 
 
+def _first_error(stderr: str) -> str:
+    """The compiler's first line that names an error (else all it said): the one line a failure is reported in."""
+    return next((line for line in stderr.splitlines() if "error" in line), stderr.strip())
+
+
 @functools.cache
 def _target_has_avx512(compiler: str, march: str) -> bool:
     """Whether ``compiler -march=march`` targets AVX-512, from the macros it predefines."""
@@ -77,8 +82,7 @@ def _target_has_avx512(compiler: str, march: str) -> bool:
     done = subprocess.run([compiler, f"-march={march}", "-dM", "-E", "-x", "c", os.devnull], capture_output=True,
                           text=True)
     if done.returncode != 0:
-        first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip())
-        raise UserError(f"direct: {compiler} cannot target -march={march}: {first}")
+        raise UserError(f"direct: {compiler} cannot target -march={march}: {_first_error(done.stderr)}")
     return "#define __AVX512F__ 1" in done.stdout
 
 
@@ -141,8 +145,7 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     try:
         built = subprocess.run([*command, str(c_file), "-o", str(partial)], capture_output=True, text=True)
         if built.returncode != 0:
-            first = next((line for line in built.stderr.splitlines() if "error" in line), built.stderr.strip())
-            raise UserError(f"direct: {compiler} failed to build the kernel: {first}")
+            raise UserError(f"direct: {compiler} failed to build the kernel: {_first_error(built.stderr)}")
         os.replace(partial, library)  # atomic: a concurrent build or reader never sees half a library
     finally:
         c_file.unlink(missing_ok=True)
