@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Stage commands in dvc.yaml call `python`: put the virtual environment first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install repro test reliability lint browser clean bench-budget bench-data bench-train bench-quality bench-eval \
+.PHONY: install repro test reliability lint browser clean bench-budget bench-data bench-quality bench-eval \
 	bench-optimize bench-optimize-cifar bench-serve bench bench-quick bench-inception \
 	bench-real-data bench-featurizer bench-direct
 
@@ -72,10 +72,6 @@ bench-direct: $(VENV)/.installed-test
 ## Measure the data stage (CIFAR-10 JPEG preparation, training data path) into docs/benchmarks.md.
 bench-data: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/data_path.py
-
-## Measure training images/s of seed, dcgan and lite, and 2-process DDP against 1 process.
-bench-train: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/train_throughput.py
 
 ## Real-vs-real Inception FIDs of CIFAR-10 (../shared/datasets) and the Inception extractor's speed.
 bench-inception: $(VENV)/.installed-test

@@ -17,16 +17,37 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
 from measure import REPO, machine, machine_line, save_results, write_doc_section
 
+from ganforge.measurement.timing import busy_neighbour
+
 RESULTS = REPO / "bench/direct_kernel.json"
 BATCH = 256
 BUILDS = {"native": None, "x86-64-v3": "x86-64-v3"}
+SHAPE = (64, 32)  # (C_in, C_out) of the layer whose build is timed
+# The same kernel as a torch C++ extension: direct.c compiled as C++ against torch's headers, one op registered.
+_EXTENSION = r"""
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+#define restrict __restrict__
+extern "C" {
+#include "direct.c"
+}
+#undef restrict
+
+static at::Tensor run(const at::Tensor& in, const at::Tensor& weight, const at::Tensor& bias, int64_t threads) {
+    at::Tensor out = at::empty({C_OUT, 2 * in.size(1), 2 * in.size(2), in.size(3)}, in.options());
+    transposed_conv(in.data_ptr<float>(), weight.data_ptr<float>(), bias.data_ptr<float>(), out.data_ptr<float>(),
+                    in.size(1), in.size(2), in.size(3), 1, 0.0f, (int)threads);
+    return out;
+}
+
+TORCH_LIBRARY(ganforge_direct_extension, m) { m.def("transposed_conv", &run); }
+"""
 
 
 def _generators(march_env: str, cache_root: str) -> tuple[dict, dict, int]:
@@ -53,13 +74,48 @@ def _generators(march_env: str, cache_root: str) -> tuple[dict, dict, int]:
         if march is not None:
             os.environ[march_env] = march
         start = time.perf_counter()
-        compile_kernel(64, 32)  # one layer shape from a cold cache: the compiler's time
+        compile_kernel(*SHAPE)  # one layer shape from a cold cache: the compiler's time
         build_s[name] = time.perf_counter() - start
         modules[f"direct ({name})"] = build_variant(Recipe("direct"), generator, spec.z_dim)
         if march is None:  # the kernel's custom ops inside one inductor graph
             modules[f"direct+compiled ({name})"] = build_variant(Recipe("direct+compiled"), generator, spec.z_dim)
     os.environ.pop(march_env, None)
     return modules, build_s, spec.z_dim
+
+
+def _extension_build(cache_root: str) -> dict:
+    """Build the native kernel of :data:`SHAPE` through ``torch.utils.cpp_extension`` from a cold build folder,
+    and check its op against the plain build's library on one input; skipped without ninja, which it needs."""
+    import shutil
+
+    import torch
+    from torch.utils import cpp_extension
+
+    from ganforge.runtime import direct
+
+    if shutil.which("ninja") is None:
+        return {"skipped": "no ninja on PATH (torch.utils.cpp_extension needs it)"}
+    folder = tempfile.mkdtemp(prefix="ganforge-extension-", dir=cache_root)
+    source = os.path.join(folder, "extension.cpp")
+    with open(source, "w") as out:
+        out.write(_EXTENSION)
+    shutil.copy(os.path.join(os.path.dirname(direct.__file__), "direct.c"), folder)
+    defines = direct.kernel_defines(*SHAPE)
+    flags = ["-O3", "-march=native", "-fopenmp", *(f"-D{k}={v}" for k, v in defines.items())]
+    start = time.perf_counter()
+    cpp_extension.load(name="ganforge_direct_extension", sources=[source], extra_cflags=flags,
+                       extra_ldflags=["-fopenmp"], build_directory=folder, is_python_module=False)
+    seconds = time.perf_counter() - start
+    c_in, c_out = SHAPE
+    x = torch.randn(c_in, 4, 4, defines["LANES"] * 4)  # (C_in, H, W, batch)
+    weight = direct.pack_weight(torch.randn(c_in, c_out, 4, 4), defines["C_OUT_PADDED"])
+    bias = torch.zeros(defines["C_OUT_PADDED"])
+    threads = torch.get_num_threads()
+    by_extension = torch.ops.ganforge_direct_extension.transposed_conv(x, weight, bias, threads)
+    plain = torch.empty_like(by_extension)
+    direct._kernel(str(direct.compile_kernel(*SHAPE)))(x.data_ptr(), weight.data_ptr(), bias.data_ptr(),
+                                                       plain.data_ptr(), 4, 4, x.shape[3], 1, 0.0, threads)
+    return {"build_s": seconds, "same_output": bool(torch.equal(by_extension, plain))}
 
 
 def _timed(modules: dict, z_dim: int, repeats: int) -> dict:
@@ -76,7 +132,9 @@ def run(repeats: int) -> dict:
     from ganforge.runtime.direct import MARCH_ENV
 
     with tempfile.TemporaryDirectory() as cache_root:  # the kernels load at their first call: keep them till the end
-        return _measured(*_generators(MARCH_ENV, cache_root), repeats)
+        results = _measured(*_generators(MARCH_ENV, cache_root), repeats)
+        results["torch_extension"] = _extension_build(cache_root)
+        return results
 
 
 def _measured(modules: dict, build_s: dict, z_dim: int, repeats: int) -> dict:
@@ -85,13 +143,8 @@ def _measured(modules: dict, build_s: dict, z_dim: int, repeats: int) -> dict:
     results = {"machine": machine(), "batch": BATCH, "repeats": repeats,
                "kernel_build_s": build_s, "threads": torch.get_num_threads()}
     results["alone"] = _timed(modules, z_dim, repeats)
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(1.0)  # the busy process is running before the first timed round
+    with busy_neighbour():
         results["beside_a_busy_process"] = _timed(modules, z_dim, repeats)
-    finally:
-        busy.kill()
-        busy.wait()
     return results
 
 
@@ -107,9 +160,16 @@ def render(results: dict) -> None:
         other = loaded[name]
         lines.append(f"| {name} | {row['img_per_s']:,.0f} | {row['vs_fp32']:.2f} | {other['img_per_s']:,.0f} | "
                      f"{other['vs_fp32']:.2f} |")
-    build = results["kernel_build_s"]
-    lines += ["", "Kernel build, one layer shape from a cold cache: "
+    build, extension = results["kernel_build_s"], results.get("torch_extension", {})
+    lines += ["", f"Kernel build, one layer shape ({SHAPE[0]} → {SHAPE[1]} channels) from a cold cache: "
               + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in build.items()) + "."]
+    if "build_s" in extension:
+        same = "the same output" if extension["same_output"] else "**a different output**"
+        lines.append(f"The same native kernel as a torch C++ extension (`torch.utils.cpp_extension.load`, torch's "
+                     f"headers, one registered op): {extension['build_s']:.2f} s, {same}; so the plain C build "
+                     "stays, its calls registered as torch.library custom ops.")
+    elif extension:
+        lines.append(f"The torch C++ extension build was skipped: {extension['skipped']}.")
     for name in (n for n in loaded if n.startswith("direct")):
         kept = loaded[name]["vs_fp32"] / alone[name]["vs_fp32"]
         lines += ["", f"Beside a busy process `{name}` keeps {loaded[name]['vs_fp32']:.2f}× eager fp32 "

@@ -1,7 +1,7 @@
-"""Measure evaluation speed: the evaluate stage on the default pipeline outputs, the domain extractor's
-images/s at 32x32, and FID of 10,000 generated images against cached CIFAR-10 train statistics.
+"""Measure evaluation speed: the evaluate stage on the default pipeline outputs, and FID of 10,000 generated
+images against cached CIFAR-10 train statistics. (The domain extractor's images/s is `ganforge bench`'s.)
 
-    python benchmarks/evaluation_speed.py [--archive ../shared/datasets/cifar10-jpeg.tar.gz]
+    python benchmarks/evaluation_speed.py [--archive ../shared/datasets/cifar10-jpeg.tar.gz] [--render]
 
 The evaluate and reference stages are timed as subprocesses of their stage scripts on this checkout's
 pipeline outputs (run `dvc repro` first), writing to a temp dir. With the CIFAR-10 JPEG archive, it is
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
+import json
 import sys
 import tempfile
 import time
@@ -28,8 +28,7 @@ from ganforge.config import read_params
 
 RESULTS = REPO / "bench/evaluation_speed.json"
 DEFAULT_ARCHIVE = REPO.parent / "shared/datasets/cifar10-jpeg.tar.gz"
-TARGETS = targets(evaluate_stage_s="evaluate_stage_s", extractor_img_per_s="domain_extractor_img_per_s",
-                  cifar_fid_10k_s="cifar_fid_10k_s")
+TARGETS = targets(evaluate_stage_s="evaluate_stage_s", cifar_fid_10k_s="cifar_fid_10k_s")
 
 
 def stage_times(work: Path) -> dict:
@@ -48,29 +47,13 @@ def stage_times(work: Path) -> dict:
     return {"reference_stage": reference, "evaluate_stage": evaluate}
 
 
-def extractor_rate(net: torch.nn.Module, channels: int, batch: int = 250, repeats: int = 15) -> dict:
-    """Images/s of the domain network alone on uint8 (batch, channels, 32, 32): median of ``repeats``."""
-    images = torch.randint(0, 256, (batch, channels, 32, 32), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
-    rates = []
-    with torch.inference_mode():
-        for _ in range(3):
-            net(images)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            net(images)
-            rates.append(batch / (time.perf_counter() - start))
-    return {"img_per_s": round(statistics.median(rates)), "img_per_s_min": round(min(rates)),
-            "img_per_s_max": round(max(rates)), "batch": batch, "shape": [channels, 32, 32]}
-
-
 def cifar(archive: Path, work: Path, featurizer_epochs: int, samples: int) -> dict:
     """Prepare CIFAR-10, train a featurizer briefly, cache the reference statistics, time FID of ``samples``."""
     import torch_fidelity
     from torch_fidelity.generative_model_modulewrapper import GenerativeModelModuleWrapper
 
     from ganforge.config import EvaluateConfig, FeaturizerConfig, ReferenceConfig, stage_config
-    from ganforge.evaluation.features import load_featurizer, train_featurizer
+    from ganforge.evaluation.features import train_featurizer
     from ganforge.evaluation.fidelity import UInt8Generator
     from ganforge.evaluation.protocol import make_protocol, score_generator
     from ganforge.evaluation.reference import compute_reference
@@ -91,7 +74,6 @@ def cifar(archive: Path, work: Path, featurizer_epochs: int, samples: int) -> di
                                work / "featurizer.json")
     out["featurizer"] = {"epochs": featurizer_epochs, "test_accuracy": trained["test_accuracy"],
                          "wall_s": round(time.perf_counter() - start, 1)}
-    out["extractor_trained"] = extractor_rate(load_featurizer(featurizer), 3)
 
     print("caching the reference statistics ...", flush=True)
     reference_cfg = load(ReferenceConfig)
@@ -127,16 +109,17 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     parser.add_argument("--featurizer-epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--render", action="store_true", help="only regenerate the doc section from the results")
     args = parser.parse_args()
-    from ganforge.evaluation.features import DomainFeatureNet
+    if args.render:
+        render(json.loads(RESULTS.read_text()))
+        return
 
     results: dict = {"machine": machine(), "targets": TARGETS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("timing the reference and evaluate stages ...", flush=True)
         results |= stage_times(work)
-        torch.manual_seed(0)
-        results["extractor"] = extractor_rate(DomainFeatureNet(3, 10).eval(), 3)
         if args.archive.is_file():
             (work / "cifar").mkdir()
             results["cifar10"] = cifar(args.archive, work / "cifar", args.featurizer_epochs, args.samples)
@@ -152,16 +135,12 @@ def _verdict(value: float, target: float, at_most: bool) -> str:
 def render(results: dict) -> None:
     t = results["targets"]
     evaluate_s, peak = results["evaluate_stage"]["wall_s"], results["evaluate_stage"]["peak_rss_mib"]
-    rate = results["extractor"]["img_per_s"]
     lines = [machine_line(results["machine"]), "",
              "| measurement | value | target | |", "|---|---|---|---|",
              f"| evaluate stage on the default data (process wall time, peak {peak} MiB) | {evaluate_s:.1f} s | "
              f"≤ {t['evaluate_stage_s']:.0f} s | "
              f"{_verdict(evaluate_s, t['evaluate_stage_s'], True)} |",
-             f"| reference stage on the default data | {results['reference_stage']['wall_s']:.1f} s | | |",
-             f"| domain extractor, 3×32×32, batch {results['extractor']['batch']} (median; min–max "
-             f"{results['extractor']['img_per_s_min']}–{results['extractor']['img_per_s_max']}) | {rate} img/s | "
-             f"≥ {t['extractor_img_per_s']:.0f} img/s | {_verdict(rate, t['extractor_img_per_s'], False)} |"]
+             f"| reference stage on the default data | {results['reference_stage']['wall_s']:.1f} s | | |"]
     c = results.get("cifar10")
     if c:
         fid_s = c["fid_10k"]["wall_s"]
@@ -174,8 +153,6 @@ def render(results: dict) -> None:
             f"| reference stage on CIFAR-10 ({c['reference']['train_count']:,} train + "
             f"{c['reference']['test_count']:,} test images, once per featurizer) | {c['reference']['wall_s']:.1f} s"
             f" | | |",
-            f"| domain extractor trained on CIFAR-10 ({c['featurizer']['epochs']} epochs, test accuracy "
-            f"{c['featurizer']['test_accuracy']:.3f}), 3×32×32 | {c['extractor_trained']['img_per_s']} img/s | | |",
         ]
     else:
         lines += ["", "The CIFAR-10 archive was not present, so the CIFAR-10 FID timing was not measured."]

@@ -4,8 +4,11 @@
 
 It starts the real server on a free loopback port (the package from `dvc repro`), warms it up, then for each
 client count runs that many client threads, each with its own keep-alive connection, sending
-``GET /generate?n=16&seed=<i>&format=grid`` back to back for ``--seconds``. Clients and server share the
-machine's cores. Results go to bench/serve_load.json and the generated section of docs/benchmarks.md.
+``GET /generate?n=16&seed=<i>&format=grid`` back to back for ``--seconds``; then the most clients again while a
+busy-looping process shares the cores. It does this for the package's winner and for its baseline (the trained
+generator in eager fp32, ``--model baseline``), so the winner's speed-up is measured through the server, alone
+and under contention. Clients and server share the machine's cores. Results go to bench/serve_load.json and the
+generated section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from pathlib import Path
 import psutil
 from measure import REPO, machine, machine_line, save_results, write_doc_section
 
+from ganforge.measurement.timing import busy_neighbour
+
 RESULTS = REPO / "bench/serve_load.json"
 N_IMAGES = 16
 
 
-def _start(package: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package), "--port", str(port)]
+def _start(package: Path, port: int, model: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ganforge.cli", "serve", "--package", str(package), "--port", str(port),
+           "--model", model]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -80,41 +86,68 @@ def _load(port: int, clients: int, seconds: float) -> dict:
             "p50_ms": statistics.median(ordered), "p99_ms": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
-def run(args: argparse.Namespace) -> dict:
+def _free_port() -> int:
     import socket
 
-    if not (args.package / "manifest.json").is_file():
-        sys.exit(f"{args.package}: no package; run `dvc repro` first")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = _start(args.package, port)
+        return s.getsockname()[1]
+
+
+def _serve_and_load(package: Path, model: str, clients: list[int], seconds: float) -> dict:
+    port = _free_port()
+    server = _start(package, port, model)
     try:
         _load(port, 1, 2.0)  # warm-up
         rss_before = psutil.Process(server.pid).memory_info().rss
-        runs = [_load(port, clients, args.seconds) for clients in args.clients]
+        runs = [_load(port, count, seconds) for count in clients]
+        with busy_neighbour():
+            busy = _load(port, max(clients), seconds)
         rss_after = psutil.Process(server.pid).memory_info().rss
     finally:
         server.terminate()
         server.wait(timeout=30)
-    config = json.loads((args.package / "config.json").read_text())
-    return {"machine": machine(), "package": str(args.package), "variant": config["recipe"]["variant"],
-            "n": N_IMAGES, "seconds": args.seconds, "runs": runs,
+    return {"runs": runs, "beside_a_busy_process": busy,
             "server_rss_mib": {"before": rss_before / 2**20, "after": rss_after / 2**20}}
 
 
+def run(args: argparse.Namespace) -> dict:
+    if not (args.package / "manifest.json").is_file():
+        sys.exit(f"{args.package}: no package; run `dvc repro` first")
+    config = json.loads((args.package / "config.json").read_text())
+    models = {model: _serve_and_load(args.package, model, args.clients, args.seconds)
+              for model in ("winner", "baseline")}
+    winner, baseline = models["winner"], models["baseline"]
+    return {"machine": machine(), "package": str(args.package), "variant": config["recipe"]["variant"],
+            "n": N_IMAGES, "seconds": args.seconds, **winner, "baseline": baseline,
+            "winner_vs_baseline": {
+                "alone": winner["runs"][-1]["img_per_s"] / baseline["runs"][-1]["img_per_s"],
+                "beside_a_busy_process": (winner["beside_a_busy_process"]["img_per_s"]
+                                          / baseline["beside_a_busy_process"]["img_per_s"])}}
+
+
+def _rows(label: str, result: dict) -> list[str]:
+    return [f"| {label} | {r['clients']}{busy} | {r['requests']} | {r['errors']} | {r['req_per_s']:.0f} | "
+            f"{r['img_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+            for r, busy in [*((r, "") for r in result["runs"]),
+                            (result["beside_a_busy_process"], ", beside a busy process")]]
+
+
 def render(results: dict) -> None:
+    ratio = results["winner_vs_baseline"]
     lines = [machine_line(results["machine"]), "",
-             f"`ganforge serve` with the pipeline's package (`{results['variant']}`, torch runtime) on loopback; each "
-             f"client keeps one connection and asks for `GET /generate?n={results['n']}&seed=<new>&format=grid` "
-             f"back to back for {results['seconds']:.0f} s. Clients and server share the 2 cores. Server memory "
+             f"`ganforge serve` with the pipeline's package on loopback, its winner (`{results['variant']}`) and its "
+             f"baseline (`--model baseline`, eager fp32), torch runtime; each client keeps one connection and asks "
+             f"for `GET /generate?n={results['n']}&seed=<new>&format=grid` back to back for "
+             f"{results['seconds']:.0f} s. Clients and server share the 2 cores; the last row of each model runs "
+             "while a busy-looping process shares them too. Winner server memory "
              f"{results['server_rss_mib']['before']:.0f} MiB before the load, "
              f"{results['server_rss_mib']['after']:.0f} MiB after.", "",
-             "| clients | requests | errors | requests/s | images/s | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results["runs"]:
-        lines.append(f"| {r['clients']} | {r['requests']} | {r['errors']} | {r['req_per_s']:.0f} | "
-                     f"{r['img_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+             "| model | clients | requests | errors | requests/s | images/s | p50 ms | p99 ms |",
+             "|---|---|---|---|---|---|---|---|",
+             *_rows("winner", results), *_rows("baseline", results["baseline"]), "",
+             f"With {results['runs'][-1]['clients']} clients the winner serves {ratio['alone']:.2f}× the baseline's "
+             f"images/s alone and {ratio['beside_a_busy_process']:.2f}× beside the busy process."]
     write_doc_section("serve-load", lines)
 
 

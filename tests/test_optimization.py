@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -398,13 +397,35 @@ def test_direct_kernel_source_uses_no_compiler_builtins():
 
 
 @pytest.mark.skipif(shutil.which("clang") is None, reason="no clang on PATH")
-def test_direct_kernel_compiles_with_clang(tmp_path):
-    source = Path(direct_form.__file__).parent / "direct.c"
-    for spatial in (0, 1):
-        subprocess.run(["clang", "-O3", "-march=native", "-fopenmp", "-c", "-fPIC", "-std=gnu11", "-Wall", "-Werror",
-                        "-Wno-unused-function", "-DC_IN=8", "-DC_OUT=4", "-DC_BLOCK=4", "-DN_BLOCK=4",
-                        "-DC_OUT_PADDED=4", f"-DSPATIAL={spatial}", str(source), "-o", str(tmp_path / "k.o")],
-                       check=True)
+def test_direct_kernel_built_by_clang_gives_the_images_gcc_gives(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    layers = [(torch.nn.ConvTranspose2d(8, 5, 4, 2, 1), torch.nn.ReLU()), (torch.nn.ConvTranspose2d(5, 3, 4, 2, 1),
+                                                                            torch.nn.Tanh())]
+    x = torch.randn(37, 8, 4, 4)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with torch.no_grad():
+        by_gcc = DirectUpsampling(layers)(x)
+        monkeypatch.setenv("CC", "clang")
+        try:
+            by_clang = DirectUpsampling(layers)(x)
+        except UserError as error:  # a clang installed without LLVM's OpenMP runtime: said in one line
+            assert "found no OpenMP runtime" in str(error), error
+            pytest.skip(str(error))
+    assert torch.equal(by_clang, by_gcc)
+
+
+def test_a_compiler_without_an_openmp_runtime_fails_at_build_time_in_one_line(tmp_path, monkeypatch, reliability):
+    reliability.fault()
+    fake = tmp_path / "clang-without-libomp"  # asks the real compiler about targets, fails the link as lld does
+    fake.write_text('#!/bin/sh\ncase " $* " in *" -dM "*|*" --version "*) exec cc "$@";; esac\n'
+                    'echo "ld.lld: error: undefined symbol: __kmpc_fork_call" >&2\nexit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(UserError, match=r"^direct: \S+clang-without-libomp found no OpenMP runtime .*LDFLAGS.*"
+                                        r"__kmpc_fork_call$") as error:
+        compile_kernel(5, 7)
+    assert "\n" not in str(error.value)
 
 
 def test_direct_chain_equals_the_transposed_convs():
@@ -547,3 +568,14 @@ def test_int8_keeps_gating_products_and_the_output_tanh_in_float_and_says_so():
     assert any("quantized" in type(m).__module__ for m in int8.modules())
     z = torch.randn(8, spec.z_dim)
     assert (int8(z) - generator(z)).abs().mean() < 0.05
+
+
+def test_the_busy_neighbour_spins_through_the_body_and_is_gone_after():
+    import psutil
+
+    from ganforge.measurement.timing import busy_neighbour
+
+    with busy_neighbour() as spinner:
+        assert spinner.poll() is None  # it announced itself, so it is past start-up and in its loop
+        assert psutil.Process(spinner.pid).status() in (psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING)
+    assert spinner.poll() is not None

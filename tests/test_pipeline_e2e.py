@@ -283,7 +283,10 @@ def test_bench_quick_measures_every_section_and_writes_the_tables(repo, tmp_path
     assert results["pipeline"]["noop_repro"]["wall_s"] > 0
     rows = results["generation"]["rows"]
     assert {"seed", "lite"} <= set(rows) and rows["seed"]["vs_seed_fp32"] == 1.0
+    assert rows["seed"]["vs_seed_fp32_busy"] == 1.0 and all(r["img_per_s_batch256_busy"] > 0 for r in rows.values())
+    assert "winner_skipped" in results["generation"]  # the fixture's pipeline is at 16x16, the table's shape 32x32
     assert set(results["training"]["archs"]) == {"seed", "dcgan", "lite"} and results["training"]["ddp"]["ratio"] > 0
     text = doc.read_text()
     assert "old" not in text and "| fp32 GEMM (1024³) |" in text and "<!-- targets:begin -->" in text
+    assert "while a busy-looping process shares the cores" in text
     assert "| `dcgan`, 1 process |" in text and "DDP ratio" in text and "| no-op `dvc repro` |" in text

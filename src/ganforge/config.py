@@ -1,8 +1,9 @@
 """Typed, frozen per-stage configs read from ``params.yaml``.
 
 ``params.yaml`` has the top-level keys ``seed`` and ``lr`` and one section per stage. Each stage loads its
-section (plus the top-level keys it declares in ``TOP_LEVEL``) into a frozen dataclass. Unknown keys, wrong
-types and out-of-range values raise :class:`UserError` naming the key and the value.
+section (plus the top-level keys it declares in ``TOP_LEVEL``) into a frozen dataclass. pydantic checks the values
+against the fields' types and the bounds and choices in their metadata; unknown keys, wrong types and out-of-range
+values raise one-line :class:`UserError`s naming the key and the value.
 
 The dataclasses' defaults are the repository's ``params.yaml``, value for value (``tests/test_config.py``
 holds them equal), so a config built in code and a stage run on the shipped params are the same recipe.
@@ -11,15 +12,18 @@ holds them equal), so a config built in code and a stage run on the shipped para
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
+import pydantic
 import yaml
+from pydantic_core import PydanticCustomError
 
 from ganforge.errors import UserError
 from ganforge.files import key_label, read_text, shown
@@ -554,26 +558,18 @@ def read_record(cls: type[C], d: Any, source: str) -> C:
     """
     if not isinstance(d, dict):
         raise UserError(f"{source}: {cls.SECTION}: expected a JSON object, got {shown(d)}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in d
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise UserError(f"{source}: {cls.SECTION}.{missing[0]}: missing")
     return config_from_dict(cls, d, source)
 
 
 def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "params") -> C:
-    """Build a config from a flat dict of section keys and top-level keys, validating every value."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    checked = {}
-    for key, value in values.items():
-        label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{key_label(key)}"
-        if key not in known:
-            section_keys = sorted(k for k in known if k not in cls.TOP_LEVEL)
-            raise UserError(f"{source}: {label}: unknown key (known: {', '.join(section_keys)})")
-        meta = dict(known[key].metadata) or _TOP_LEVEL_FIELDS.get(key, {})
-        checked[key] = _check_value(f"{source}: {label}", value, hints[key], meta)
-    return cls(**checked)
+    """Build a config from a flat dict of section keys and top-level keys, every value validated by pydantic
+    against the field's type and the ranges and choices in its metadata; the first problem is a one-line
+    :class:`UserError` naming ``source``, the key and the value."""
+    try:
+        checked = _validator(cls).model_validate(values)
+    except pydantic.ValidationError as e:
+        raise UserError(_error_line(cls, source, e.errors()[0])) from None
+    return cls(**{key: getattr(checked, key) for key in values})
 
 
 def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
@@ -581,59 +577,120 @@ def config_to_dict(cfg: StageConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-def _check_value(label: str, value: Any, hint: Any, meta: dict[str, Any]) -> Any:
+_STRICT = pydantic.ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=False)
+_BOUNDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"), "less_than_equal": ("le", "<="),
+           "less_than": ("lt", "<")}
+_EXPECTED = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+             "string_type": "a string", "tuple_type": "a list"}
+
+
+@functools.cache
+def _validator(cls: type) -> type[pydantic.BaseModel]:
+    """The pydantic model that checks ``cls``'s fields: strict types (no ``"64"`` for 64, no ``true`` for 1), the
+    bounds and choices of each field's metadata (or of the top-level key it is), and no unknown keys."""
+    hints = typing.get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        default = (f.default if f.default is not dataclasses.MISSING else
+                   f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
+        meta = dict(f.metadata) or _TOP_LEVEL_FIELDS.get(f.name, {})
+        fields[f.name] = (_checked_type(hints[f.name], meta), default)
+    return pydantic.create_model(f"{cls.__name__}Values", __config__=_STRICT, **fields)
+
+
+def _checked_type(hint: Any, meta: dict[str, Any]) -> Any:
+    """``hint`` annotated with the pydantic checks it gets."""
     origin = typing.get_origin(hint)
     if origin is Literal:
-        allowed = typing.get_args(hint)
-        if not any(value == a and type(value) is type(a) for a in allowed):  # 1.0 or True is not the choice 1
-            raise UserError(f"{label}: expected one of {', '.join(map(repr, allowed))}, got {shown(value)}")
-        return value
+        return Annotated[hint, pydantic.BeforeValidator(functools.partial(_exact_choice, typing.get_args(hint)))]
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{label}: expected a list, got {shown(value)}")
-        (item_hint, _ellipsis) = typing.get_args(hint)
-        items = tuple(_check_value(f"{label}[{i}]", v, item_hint, meta) for i, v in enumerate(value))
-        if len(set(items)) != len(items):
-            raise UserError(f"{label}: duplicate entries in {shown(list(value))}")
-        return items
+        item = _checked_type(typing.get_args(hint)[0], meta)
+        return Annotated[tuple[item, ...], pydantic.BeforeValidator(_as_tuple),
+                         pydantic.AfterValidator(_no_duplicates)]
     if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in typing.get_args(hint):
-            return None
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{label}: expected true or false, got {shown(value)}")
-        return value
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _checked_type(inner, meta) | None
+    bounds = pydantic.Field(**{k: v for k, v in meta.items() if k in ("ge", "gt", "le", "lt")})
+    checks: list[Any] = [bounds]
     if hint is int:
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)  # 1e3 as YAML 1.2 writes it: an integer in float notation
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{label}: expected an integer, got {shown(value)}")
+        checks.insert(0, pydantic.BeforeValidator(_int_from_float))
     elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UserError(f"{label}: expected a number, got {shown(value)}")
-        try:
-            value = float(value)
-        except OverflowError:  # an integer past a float's range
-            raise UserError(f"{label}: expected a finite number, got {shown(value)}") from None
-        if not math.isfinite(value):
-            raise UserError(f"{label}: expected a finite number, got {shown(value)}")
+        checks.insert(0, pydantic.BeforeValidator(_finite_float))
     elif hint is str:
-        if not isinstance(value, str):
-            raise UserError(f"{label}: expected a string, got {shown(value)}")
-        if "\0" in value:  # no path or name can hold one
-            raise UserError(f"{label}: a NUL character is not allowed, got {shown(value)}")
-    else:
-        raise AssertionError(f"unsupported config type {hint!r}")
-    _check_range(label, value, meta)
+        checks.append(pydantic.AfterValidator(_no_nul))
+    if "choices" in meta:
+        checks.append(pydantic.AfterValidator(functools.partial(_one_of, meta["choices"])))
+    return Annotated[hint, *checks]
+
+
+def _problem(text: str) -> PydanticCustomError:
+    return PydanticCustomError("ganforge", "{problem}", {"problem": text})
+
+
+def _exact_choice(allowed: tuple, value: Any) -> Any:
+    if not any(value == a and type(value) is type(a) for a in allowed):  # 1.0 or True is not the choice 1
+        raise _problem(f"expected one of {', '.join(map(repr, allowed))}, got {shown(value)}")
     return value
 
 
-def _check_range(label: str, value: float, meta: dict[str, Any]) -> None:
-    if "choices" in meta and value not in meta["choices"]:
-        raise UserError(f"{label}: expected one of {', '.join(map(str, meta['choices']))}, got {shown(value)}")
-    bounds = (("ge", ">=", lambda a, b: a >= b), ("gt", ">", lambda a, b: a > b),
-              ("le", "<=", lambda a, b: a <= b), ("lt", "<", lambda a, b: a < b))
-    for key, sign, ok in bounds:
-        if key in meta and not ok(value, meta[key]):
-            raise UserError(f"{label}: expected a value {sign} {meta[key]}, got {shown(value)}")
+def _one_of(choices: tuple, value: Any) -> Any:
+    if value not in choices:
+        raise _problem(f"expected one of {', '.join(map(str, choices))}, got {shown(value)}")
+    return value
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _no_duplicates(items: tuple) -> tuple:
+    if len(set(items)) != len(items):
+        raise _problem(f"duplicate entries in {shown(list(items))}")
+    return items
+
+
+def _int_from_float(value: Any) -> Any:
+    """1e3 as YAML 1.2 writes it is the integer 1000; 2.5 stays a float and is refused."""
+    return int(value) if isinstance(value, float) and math.isfinite(value) and value.is_integer() else value
+
+
+def _finite_float(value: Any) -> Any:
+    """An integer as a float; inf, nan and integers past a float's range refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise _problem(f"expected a finite number, got {shown(value)}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _problem(f"expected a finite number, got {shown(value)}")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:  # no path or name can hold one
+        raise _problem(f"a NUL character is not allowed, got {shown(value)}")
+    return value
+
+
+def _error_line(cls: type, source: str, error: Any) -> str:
+    """pydantic's first error as the one line users read: ``params.yaml: train.kimg: expected a value > 0.0, got
+    -1.0``."""
+    key, *items = error["loc"]
+    label = key if key in cls.TOP_LEVEL else f"{cls.SECTION}.{key_label(key)}"
+    label += "".join(f"[{i}]" for i in items)
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        section_keys = sorted(f.name for f in dataclasses.fields(cls) if f.name not in cls.TOP_LEVEL)
+        problem = f"unknown key (known: {', '.join(section_keys)})"
+    elif kind == "missing":
+        problem = "missing"
+    elif kind == "ganforge":
+        problem = error["ctx"]["problem"]
+    elif kind in _BOUNDS:
+        name, sign = _BOUNDS[kind]
+        bound = error["ctx"][name]
+        shown_value = float(value) if isinstance(bound, float) and isinstance(value, int) else value
+        problem = f"expected a value {sign} {bound}, got {shown(shown_value)}"
+    else:
+        problem = f"expected {_EXPECTED.get(kind, error['msg'].lower())}, got {shown(value)}"
+    return f"{source}: {label}: {problem}"

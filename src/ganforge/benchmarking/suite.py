@@ -35,7 +35,9 @@ _RESULTS = {
                  "cuda_bf16_tflops?": Maybe(_SPREAD | {"median": POSITIVE})},  # generation_cuda divides by it
     "generation": {"batch": int, "winner_skipped?": str, "rows": Each({
         "shape": str, "img_per_s_batch256": float, "img_per_s_batch256_min": float, "img_per_s_batch256_max": float,
-        "latency_ms_batch1": float, "vs_seed_fp32": float, "gflops": float, "ceiling_fraction": float})},
+        "latency_ms_batch1": float, "vs_seed_fp32": float, "img_per_s_batch256_busy": float,
+        "vs_seed_fp32_busy": float, "gflops": float, "ceiling_fraction": float}),
+        "winner_vs_baseline?": {"baseline": str, "alone": float, "beside_a_busy_process": float}},
     "generation_cuda?": Maybe({"batch": int, "device": str, "rows": Each({"img_per_s": _SPREAD, "gflops": float})}),
     "training": {"kimg_per_run": float, "archs": Each(_SPREAD),
                  "ddp": {"1_process_2_threads": _SPREAD, "2_processes_1_thread": _SPREAD, "ratio": float}},
@@ -58,6 +60,7 @@ _BENCH_FILES = {
     "inception_reference": {"extract_test?": {"img_per_s": float}},
     "evaluation_speed": {"evaluate_stage?": {"wall_s?": float}, "cifar10?": {"fid_10k?": {"wall_s?": float}}},
     "optimize_speed": {"winner_fid_ratio?": float, "best_unpruned_fp32_ceiling_fraction?": float},
+    "serve_load": {"winner_vs_baseline?": {"beside_a_busy_process": float}},
     "optimize_cifar": {"best_compressed?": Each({"variant": str, "fid_ratio": float, "speedup_batch256": float})},
 }
 
@@ -120,6 +123,8 @@ def _generation_table(rows: dict[str, dict]) -> list[str]:
     table = pd.DataFrame({
         "generator": [f"`{name}` eager fp32" if name in ("seed", "lite") else name for name in frame.index],
         "output": frame["shape"], "img/s": spread, "× `seed` fp32": frame["vs_seed_fp32"].map("{:.2f}".format),
+        "img/s beside a busy process": frame["img_per_s_batch256_busy"].map("{:,.0f}".format),
+        "× `seed` fp32 beside it": frame["vs_seed_fp32_busy"].map("{:.2f}".format),
         "batch-1 ms": frame["latency_ms_batch1"].map("{:.2f}".format), "GFLOP/s": frame["gflops"].map("{:.1f}".format),
         "of fp32 GEMM": frame["ceiling_fraction"].map("{:.1%}".format)})
     return markdown_table(table)
@@ -142,10 +147,14 @@ def render(results: Any, repo: Path, doc: Path, source: str = "--results") -> No
     if c.get("cuda_bf16_tflops"):
         lines.append(f"| CUDA bf16 matmul ({m.get('cuda_device')}) | {_range(c['cuda_bf16_tflops'], 1)} TFLOP/s |")
     g = results["generation"]
-    lines += ["", f"Generation at 32×32, batch {g['batch']} (and batch-1 latency), timed side by side:", "",
-              *_generation_table(g["rows"])]
+    lines += ["", f"Generation at 32×32, batch {g['batch']} (and batch-1 latency), timed side by side; batch "
+              f"{g['batch']} again while a busy-looping process shares the cores:", "", *_generation_table(g["rows"])]
     if "winner_skipped" in g:
-        lines.append(f"| optimize winner | skipped: {g['winner_skipped']} ||||||")
+        lines.append(f"| optimize winner | skipped: {g['winner_skipped']} ||||||||")
+    else:
+        w = g["winner_vs_baseline"]
+        lines += ["", f"The winner is {w['alone']:.2f}× its baseline (`{w['baseline']}` eager fp32) alone and "
+                  f"{w['beside_a_busy_process']:.2f}× beside the busy process."]
     if results.get("generation_cuda"):
         gc = results["generation_cuda"]
         lines += ["", f"On {gc['device']}, batch {gc['batch']}, against the bf16 matrix rate above:", "",
@@ -244,7 +253,12 @@ def _stage_rows(t: dict[str, Target], bench_dir: Path) -> list[dict[str, str]]:
 def _optimize_rows(t: dict[str, Target], results: dict, bench_dir: Path) -> list[dict[str, str]]:
     winner = next((r for name, r in results["generation"]["rows"].items() if name.startswith("winner")), None)
     optimize = _load(bench_dir, "optimize_speed") or {}
+    contention = results["generation"].get("winner_vs_baseline")
     rows = [t["winner_vs_seed_fp32"].row(winner and winner["vs_seed_fp32"]),
+            t["winner_busy_vs_baseline"].row(contention and contention["beside_a_busy_process"],
+                                             baseline=contention["baseline"] if contention else "its arch"),
+            t["serve_winner_busy_vs_baseline"].row(
+                (_load(bench_dir, "serve_load") or {}).get("winner_vs_baseline", {}).get("beside_a_busy_process")),
             t["winner_fid_ratio"].row(optimize.get("winner_fid_ratio")),
             t["unpruned_ceiling_fraction"].row(optimize.get("best_unpruned_fp32_ceiling_fraction"))]
     fid_bound = t["cifar_compressed_fid_ratio"].bound

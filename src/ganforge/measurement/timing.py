@@ -1,12 +1,15 @@
-"""Timing helpers: spreads of repeated measurements, and a command's wall time and process-tree memory."""
+"""Timing helpers: spreads of repeated measurements, a command's wall time and process-tree memory, and a busy
+neighbour process for timings under contention."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -54,3 +57,21 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
     if proc.returncode != 0:
         raise UserError(f"{' '.join(map(str, cmd))} failed: {output.strip().splitlines()[-1:] or ['no output']}")
     return {"wall_s": time.perf_counter() - start, "peak_rss_mib": peak[0] / 2**20}
+
+
+# Announces itself once running, then spins: a CPU-bound neighbour like another job on a shared host.
+_SPIN = "import sys; print('spinning', flush=True)\nwhile True: pass"
+
+
+@contextlib.contextmanager
+def busy_neighbour() -> Iterator[subprocess.Popen]:
+    """A CPU-bound Python process running beside the body; it is spinning before the body starts and is killed
+    after it. Timings taken inside show how a form holds up when the cores are shared."""
+    spinner = subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
+    try:
+        if spinner.stdout.readline().strip() != "spinning":
+            raise RuntimeError(f"the busy neighbour process did not start (exit code {spinner.poll()})")
+        yield spinner
+    finally:
+        spinner.kill()
+        spinner.wait()

@@ -11,13 +11,20 @@ same library changes the layout into and out of the chain, a tile of 16 x 16 (8 
 skipped when the chain's input is already stored batch innermost, as the form's fully connected layers
 (:class:`BatchInnermostLinear`) leave it.
 
-The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``), ``-O3 -march=native
--fopenmp`` (``$GANFORGE_KERNEL_MARCH`` names another target, for example ``x86-64-v3`` for AVX2 without
-AVX-512), and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``) by a hash of its
-source, shape, compiler and CPU. OpenMP runs it on torch's thread count; the shared library names the same
-``libgomp.so.1`` that torch loads, so both share one thread pool. Without a compiler the form fails to build with
-a one-line error, which the optimize stage reports in its table before going on with the other variants; a
-package whose winner is ``direct`` still runs without one under ``--runtime onnxruntime``.
+The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``; GCC or Clang), ``-O3
+-march=native -fopenmp`` (``$GANFORGE_KERNEL_MARCH`` names another target, for example ``x86-64-v3`` for AVX2
+without AVX-512) and ``$LDFLAGS``, and cached under ``$XDG_CACHE_HOME/ganforge/kernels`` (default ``~/.cache``)
+by a hash of its source, shape, compiler and CPU. OpenMP runs it on torch's thread count. Built by GCC, the
+shared library names the same ``libgomp.so.1`` that torch loads, so both share one thread pool; Clang links
+LLVM's ``libomp`` (its folder in ``LDFLAGS`` when the compiler does not find it), a second pool, whose idle
+threads spin for ``KMP_BLOCKTIME`` ms (0 keeps them off the cores torch uses next). The link refuses undefined
+symbols, so a compiler without an OpenMP runtime fails at build time, not at the first call. Without a compiler
+the form fails to build with a one-line error, which the optimize stage reports in its table before going on with
+the other variants; a package whose winner is ``direct`` still runs without one under ``--runtime onnxruntime``.
+
+torch's extension tooling (``torch.utils.cpp_extension``) would build the same kernel as a C++ extension
+against torch's headers; ``benchmarks/direct_kernel.py`` measures that build beside this one (seconds against a
+fraction of one, per layer shape), so the plain C build stays.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import functools
 import hashlib
 import math
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -47,7 +55,7 @@ from ganforge.runtime.lowering import Layers, in_place_activation, kernel_tap, l
 # (whose vectors take two registers each); 8, 12 and 16 accumulators measured within noise of each other.
 WIDE, NARROW = (16, 16), (8, 12)
 _SPATIAL_MAX_CHANNELS, _SPATIAL_PIXELS = 4, 4  # layers this narrow get 2 x 2 pixel blocks
-_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11")
+_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-Wl,-z,defs")  # defs: unresolved is an error
 MARCH_ENV = "GANFORGE_KERNEL_MARCH"  # the target the kernel is compiled for; default native
 _ACTIVATIONS = {nn.ReLU: 1, nn.LeakyReLU: 2}  # done inside the kernel; others (tanh, sigmoid) after it
 
@@ -73,6 +81,14 @@ def padded_channels(c_out: int, accumulators: int = WIDE[1]) -> int:
 def _first_error(stderr: str) -> str:
     """The compiler's first line that names an error (else all it said): the one line a failure is reported in."""
     return next((line for line in stderr.splitlines() if "error" in line), stderr.strip())
+
+
+def _build_error(compiler: str, stderr: str) -> UserError:
+    first = _first_error(stderr)
+    if "__kmpc_" in stderr or "-lomp" in stderr or "libomp" in stderr:  # Clang's OpenMP calls, no runtime found
+        return UserError(f"direct: {compiler} found no OpenMP runtime to link the kernel with (install LLVM's "
+                         f"libomp and name its folder in LDFLAGS, as -L<dir> -Wl,-rpath,<dir>, or set CC=gcc): {first}")
+    return UserError(f"direct: {compiler} failed to build the kernel: {first}")
 
 
 @functools.cache
@@ -120,15 +136,22 @@ def _compiler_version(compiler: str) -> str:
     return subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
 
 
+def kernel_defines(c_in: int, c_out: int) -> dict[str, int]:
+    """The macros ``direct.c`` is compiled with for one layer shape on the current target."""
+    lanes, accumulators = kernel_target()[2]
+    c_block, n_block, spatial = register_block(c_out, accumulators)
+    return {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
+            "C_OUT_PADDED": padded_channels(c_out, accumulators), "SPATIAL": int(spatial), "LANES": lanes}
+
+
 def compile_kernel(c_in: int, c_out: int) -> Path:
     """The shared library of the kernel for one layer shape, compiled once per machine and compiler and cached.
     Raises :class:`UserError`, in one line, when there is no compiler, it fails, or the cache is unwritable."""
-    compiler, march, (lanes, accumulators) = kernel_target()
-    c_block, n_block, spatial = register_block(c_out, accumulators)
-    defines = {"C_IN": c_in, "C_OUT": c_out, "C_BLOCK": c_block, "N_BLOCK": n_block,
-               "C_OUT_PADDED": padded_channels(c_out, accumulators), "SPATIAL": int(spatial), "LANES": lanes}
+    compiler, march, _ = kernel_target()
+    defines = kernel_defines(c_in, c_out)
     source = resources.files("ganforge.runtime").joinpath("direct.c").read_text()
-    command = [compiler, f"-march={march}", *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items())]
+    command = [compiler, f"-march={march}", *_FLAGS, *(f"-D{name}={value}" for name, value in defines.items()),
+               *shlex.split(os.environ.get("LDFLAGS", ""))]
     # -march=native code built on one CPU can crash another that shares the cache (a cluster's shared home).
     identity = [source, *command, _compiler_version(compiler), cpu_identity()]
     key = hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
@@ -145,7 +168,7 @@ def compile_kernel(c_in: int, c_out: int) -> Path:
     try:
         built = subprocess.run([*command, str(c_file), "-o", str(partial)], capture_output=True, text=True)
         if built.returncode != 0:
-            raise UserError(f"direct: {compiler} failed to build the kernel: {_first_error(built.stderr)}")
+            raise _build_error(compiler, built.stderr)
         os.replace(partial, library)  # atomic: a concurrent build or reader never sees half a library
     finally:
         c_file.unlink(missing_ok=True)

@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -72,18 +73,39 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(package: GeneratorPackage, max_n: int = 256, default_truncation: float | None = None) -> FastAPI:
     """The HTTP app serving ``package``; ``max_n`` caps the images of one request."""
     app = FastAPI(title="ganforge", version=__version__, docs_url=None, redoc_url=None)
-    registry = CollectorRegistry()
-    requests = Counter("ganforge_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                       registry=registry)
-    latency = Histogram("ganforge_http_request_duration_seconds", "Request latency by endpoint and status",
-                        ["endpoint", "status"], buckets=_LATENCY_BUCKETS_S, registry=registry)
-    generated = Counter("ganforge_images_generated", "Images generated", registry=registry)
-    Info("ganforge_model", "The loaded generator", registry=registry).info({
-        "arch": package.spec.arch, "variant": package.recipe.variant, "model": package.model,
-        "runtime": package.runtime, "resolution": str(package.spec.resolution),
-        "channels": str(package.spec.channels), "ganforge_version": __version__})
-    lock = threading.Lock()
+    metrics = _Metrics.register(package)
+    _count_requests(app, metrics)
+    _answer_errors_in_json(app)
+    _add_generate_route(app, package, metrics.generated, max_n, default_truncation)
+    _add_status_routes(app, package, metrics.registry, max_n)
+    return app
 
+
+@dataclass(frozen=True)
+class _Metrics:
+    """One app's Prometheus metrics, in a registry of its own."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    generated: Counter
+
+    @classmethod
+    def register(cls, package: GeneratorPackage) -> _Metrics:
+        registry = CollectorRegistry()
+        requests = Counter("ganforge_http_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                           registry=registry)
+        latency = Histogram("ganforge_http_request_duration_seconds", "Request latency by endpoint and status",
+                            ["endpoint", "status"], buckets=_LATENCY_BUCKETS_S, registry=registry)
+        generated = Counter("ganforge_images_generated", "Images generated", registry=registry)
+        Info("ganforge_model", "The loaded generator", registry=registry).info({
+            "arch": package.spec.arch, "variant": package.recipe.variant, "model": package.model,
+            "runtime": package.runtime, "resolution": str(package.spec.resolution),
+            "channels": str(package.spec.channels), "ganforge_version": __version__})
+        return cls(registry, requests, latency, generated)
+
+
+def _count_requests(app: FastAPI, metrics: _Metrics) -> None:
     @app.middleware("http")
     async def record(request: Request, call_next):
         start = time.perf_counter()
@@ -94,9 +116,11 @@ def create_app(package: GeneratorPackage, max_n: int = 256, default_truncation: 
             status = response.status_code
             return response
         finally:
-            requests.labels(endpoint, str(status)).inc()
-            latency.labels(endpoint, str(status)).observe(time.perf_counter() - start)
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.latency.labels(endpoint, str(status)).observe(time.perf_counter() - start)
 
+
+def _answer_errors_in_json(app: FastAPI) -> None:
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return _error(404, f"no such path: {request.url.path}")
@@ -110,6 +134,11 @@ def create_app(package: GeneratorPackage, max_n: int = 256, default_truncation: 
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return _error(422, f"{where}: {first.get('msg', 'invalid')}")
+
+
+def _add_generate_route(app: FastAPI, package: GeneratorPackage, generated: Counter, max_n: int,
+                        default_truncation: float | None) -> None:
+    lock = threading.Lock()
 
     @app.get("/generate")
     def generate_images(
@@ -134,6 +163,8 @@ def create_app(package: GeneratorPackage, max_n: int = 256, default_truncation: 
         return Response(buffer.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="ganforge-seed{seed}-n{n}.zip"'})
 
+
+def _add_status_routes(app: FastAPI, package: GeneratorPackage, registry: CollectorRegistry, max_n: int) -> None:
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "arch": package.spec.arch, "variant": package.recipe.variant,
@@ -148,8 +179,6 @@ def create_app(package: GeneratorPackage, max_n: int = 256, default_truncation: 
         return _PAGE.format(arch=package.spec.arch, variant=package.recipe.variant, resolution=package.spec.resolution,
                             runtime=package.runtime, seed=int(time.time()) % MAX_SEED, n=min(16, max_n),
                             max_seed=MAX_SEED)
-
-    return app
 
 
 def _bind_error(host: str, port: int, address: tuple, error: OSError) -> UserError:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ganforge.config import TrainConfig, config_to_dict
 from ganforge.contracts import BEST_GENERATOR, CHECKPOINT, LAST_GENERATOR
 from ganforge.data.augment import AdaptiveProbability, DiffAugment
-from ganforge.data.prepared import load_split, read_manifest
+from ganforge.data.prepared import PreparedSplit, load_split, read_manifest
 from ganforge.data.stream import BatchStream
 from ganforge.distributed import (
     all_gather_float,
@@ -111,235 +111,301 @@ def train(cfg: TrainConfig, data_dir: str | Path, out_dir: str | Path, live_dir:
 def _train(cfg: TrainConfig, data_dir: Path, out_dir: Path, live_dir: Path, featurizer_path: str | Path | None,
            time_limit_s: float | None, device: torch.device, cleanup: contextlib.ExitStack,
            on_step: StepObserver | None) -> TrainResult:
-    world, main = world_size(), is_main_process()
-    split = load_split(data_dir, "train")
-    if cfg.batch_size % world:
-        raise UserError(f"train.batch_size: {cfg.batch_size} does not split evenly over {world} processes")
-    if len(split) < cfg.batch_size:
-        raise UserError(f"train.batch_size: {cfg.batch_size} exceeds the {len(split)} training images")
-    assert time_limit_s is None or world == 1, "time_limit_s is for single-process benchmarks"
-    spec = GeneratorSpec(cfg.arch, cfg.z_dim, split.resolution, split.channels, cfg.width)
-    manifest = read_manifest(data_dir)
-    fingerprint = {"params": {k: v for k, v in config_to_dict(cfg).items() if k not in _RESUMABLE_CHANGES},
-                   "data": {"source_hash": manifest["source_hash"], "counts": manifest["counts"]}}
-    if cfg.fid_interval_kimg and featurizer_path is None:
-        raise UserError("train.fid_interval_kimg: the in-loop FID needs the featurizer stage's weights")
-    fid = InLoopFID(featurizer_path, split, cfg.fid_samples, cfg.seed) if main and cfg.fid_interval_kimg else None
-
-    # The same initial weights on every rank (base seed); then per-rank streams for latents and augmentation.
-    torch.manual_seed(cfg.seed)
-    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
-    generator = build_generator(spec).to(device, memory_format=memory_format).train()
-    discriminator = build_discriminator(cfg.arch, spec.resolution, spec.channels, cfg.width, cfg.d_spectral_norm,
-                                        cfg.d_batchnorm).to(device, memory_format=memory_format)
-    broadcast_state(generator, discriminator)
-    ema = GeneratorEMA(generator, cfg.ema_kimg, cfg.ema_rampup)
-    seed = rank_seed(cfg.seed)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    latent_rng = torch.Generator().manual_seed(seed + 3)
-
-    total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_size)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr * cfg.d_lr_ratio, betas=(cfg.beta1, cfg.beta2))
-    warmup_steps = round(cfg.warmup_kimg * 1000 / cfg.batch_size)
-    sched_g = lr_scheduler(opt_g, cfg.lr_schedule, warmup_steps, total_steps)
-    sched_d = lr_scheduler(opt_d, cfg.lr_schedule, warmup_steps, total_steps)
-    reals = BatchStream(split, cfg.batch_size, seed=cfg.seed + 1, rank=rank(), world_size=world)
-    ada = AdaptiveProbability(cfg.ada_target, cfg.ada_kimg) if cfg.ada_target > 0 and cfg.augment else None
-    augment = DiffAugment(cfg.augment_policy, seed=seed + 2, p=0.0 if ada else 1.0, device=device)
-    shared = {"generator": generator, "discriminator": discriminator, "generator_ema": ema.average,
-              "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g, "sched_d": sched_d, "reals": reals,
-              **({"ada": ada} if ada else {})}
-
-    def rank_state() -> dict[str, Any]:
-        return {"rng": capture_rng(), "latents": latent_rng.get_state(), "augment": augment.state_dict()}
-
-    def load_rank_state(state: dict[str, Any] | None, step: int) -> None:
-        if state is None:  # the checkpoint came from another process count: fresh streams for this step
-            torch.manual_seed(seed + step)
-            latent_rng.manual_seed(seed + 3 + step)
-            augment.generator.manual_seed(seed + 2 + step)
-            return
-        restore_rng(state["rng"])
-        latent_rng.set_state(state["latents"])
-        augment.load_state_dict(state["augment"])
-
-    checkpoint_path = out_dir / CHECKPOINT
-    first_step, best, progress_so_far = _resume(checkpoint_path, fingerprint, total_steps, shared, load_rank_state)
-    # The in-loop FID curve and the training seconds before this run, both carried across a resume.
-    curve: list[dict[str, float]] = progress_so_far["curve"]
-    if ada is not None:
-        augment.p = ada.p
-
-    def snapshot(step: int, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"fingerprint": fingerprint, "step": step, "cur_nimg": step * cfg.batch_size, "best": best,
-                "progress": {"curve": curve, "trained_s": trained_s()},
-                "ranks": rank_states, **{name: part.state_dict() for name, part in shared.items()}}
-
-    def every(kimg: float) -> int:  # an interval in kimg as a whole number of steps
-        return max(1, round(kimg * 1000 / cfg.batch_size))
-
-    def crossed(interval_kimg: float, nimg: int) -> bool:  # did this step pass a multiple of the interval?
-        every_nimg = interval_kimg * 1000
-        return bool(interval_kimg) and math.floor(nimg / every_nimg) > math.floor((nimg - cfg.batch_size) / every_nimg)
-
-    log_every, checkpoint_every = every(cfg.log_interval_kimg), every(cfg.checkpoint_kimg)
-    live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=first_step > 0) if main else None
-    if live is not None and first_step == 0:
-        live.log_params(config_to_dict(cfg) | {"world_size": world, "device": str(device)})
-    grid = SampleGrid(spec.z_dim, 64, cfg.seed) if main and cfg.snapshot_kimg else None
-    bf16 = cfg.precision == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    d_params, g_params = list(discriminator.parameters()), list(generator.parameters())
-
-    window = _Window()
-    cur_nimg = first_step * cfg.batch_size
-    progress = cleanup.enter_context(tqdm(  # closed before an interrupt's message is printed
-        total=round(total_steps * cfg.batch_size / 1000, 3), initial=round(cur_nimg / 1000, 3), unit="kimg",
-        desc="train", disable=not main, mininterval=1.0,
-        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]"))
-    start = time.perf_counter()
-
-    def trained_s() -> float:  # wall seconds of training since step 0, over every resume
-        return progress_so_far["trained_s"] + time.perf_counter() - start
-
-    step, out_of_time = first_step, False
-    while step < total_steps:
+    run = _Run(cfg, data_dir, out_dir, featurizer_path, time_limit_s, device)
+    run.resume()
+    run.open_log(live_dir, cleanup)
+    step = run.first_step
+    while step < run.total_steps:
         step_start = time.perf_counter()
-        real = next(reals).to(device, non_blocking=True)  # (b, C, R, R) in [-1, 1], b = batch_size / world
-        if cfg.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
-        z = torch.randn(real.shape[0], spec.z_dim, generator=latent_rng).to(device)  # (b, z_dim)
-
+        real, z = run.batch()  # (b, C, R, R) in [-1, 1] and (b, z_dim), b = batch_size / world
         # D step on real vs detached fake, then a G step against the updated D. Both see the same
         # augmentation family, so D cannot tell reals from fakes by the augmentation.
-        with autocast:
-            fake = generator(z)  # (b, C, R, R)
-            real_logits = discriminator(augment(real)).float()  # (b,)
-            fake_logits = discriminator(augment(fake.detach())).float()  # (b,)
-        loss_d = discriminator_loss(cfg.loss, real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        d_stats, waited_s = sync_gradients(d_params, loss_d, real_logits.mean(), fake_logits.mean(),
-                                           real_logits.sign().mean())
-        _check_finite("loss_d", d_stats[0], step, cfg.batch_size, checkpoint_path)
-        grad_norm_d = _grad_norm(d_params) if (step + 1) % log_every == 0 else None
-        opt_d.step()
-        if ada is not None:
-            ada.observe(float(d_stats[3]), cfg.batch_size)
-            augment.p = ada.p
-
-        loss_r1 = torch.zeros(())
-        if (cfg.r1_gamma > 0 or cfg.r2_gamma > 0) and step % cfg.r1_interval == 0:
-            # Lazy R1 on reals and R2 on fakes, scaled by the interval to match; logged together as loss_r1.
-            penalised = [(gamma, x.detach().float().requires_grad_(True))  # fakes are bf16 under autocast
-                         for gamma, x in ((cfg.r1_gamma, real), (cfg.r2_gamma, fake)) if gamma > 0]
-            loss_r1 = sum(gamma / 2 * cfg.r1_interval * gradient_penalty(discriminator(augment(x)).float(), x)
-                          for gamma, x in penalised)
-            opt_d.zero_grad(set_to_none=True)
-            loss_r1.backward()
-            (loss_r1,), more_s = sync_gradients(d_params, loss_r1)
-            waited_s += more_s
-            _check_finite("loss_r1", loss_r1, step, cfg.batch_size, checkpoint_path)
-            opt_d.step()
-
-        discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
-        with autocast:
-            fake_logits_g = discriminator(augment(fake)).float()  # (b,)
-            # The paired loss compares each fake with a real under the updated D (no gradient to anything).
-            real_logits_g = discriminator(augment(real)).float() if cfg.loss in PAIRED_LOSSES else None
-        discriminator.requires_grad_(True)
-        loss_g = generator_loss(cfg.loss, fake_logits_g, real_logits_g)
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        (loss_g,), more_s = sync_gradients(g_params, loss_g)
-        waited_s += more_s
-        _check_finite("loss_g", loss_g, step, cfg.batch_size, checkpoint_path)
-        grad_norm_g = _grad_norm(g_params) if (step + 1) % log_every == 0 else None
-        opt_g.step()
-        sched_g.step()
-        sched_d.step()
-        ema.update(generator, cfg.batch_size, (step + 1) * cfg.batch_size)
+        fake, d_stats, waited_s = run.d_step(step, real, z)
+        loss_r1, r1_waited_s = run.regularise(step, real, fake)
+        loss_g, g_waited_s = run.g_step(step, real, fake)
 
         step += 1
-        cur_nimg += cfg.batch_size
-        out_of_time = time_limit_s is not None and time.perf_counter() - start >= time_limit_s
-        if out_of_time:
-            total_steps = step  # stop here and write the outputs as at the end
-        window.add(d_stats, loss_r1, loss_g, time.perf_counter() - step_start, waited_s)
-        progress.update(round(cur_nimg / 1000, 3) - progress.n)
-        if on_step is not None and main:
-            on_step(trained_s() / 60, cur_nimg, ema.average, spec)
+        if time_limit_s is not None and time.perf_counter() - run.start >= time_limit_s:
+            run.out_of_time, run.total_steps = True, step  # stop here and write the outputs as at the end
+        run.window.add(d_stats, loss_r1, loss_g, time.perf_counter() - step_start,
+                       waited_s + r1_waited_s + g_waited_s)
+        run.progress.update(round(step * cfg.batch_size / 1000, 3) - run.progress.n)
+        if on_step is not None and run.main:
+            on_step(run.trained_s() / 60, step * cfg.batch_size, run.ema.average, run.spec)
+        run.log(step)
+        if step % run.checkpoint_every == 0 and step != run.total_steps:
+            run.checkpoint(step)
+    return run.finish()
 
-        last = step == total_steps
-        snapshot_due = grid is not None and (crossed(cfg.snapshot_kimg, cur_nimg) or last)
-        fid_due = fid is not None and (crossed(cfg.fid_interval_kimg, cur_nimg) or last)
-        if step % log_every == 0 or last or snapshot_due or fid_due:  # rank 0 alone knows the last two
-            metrics = window.summary(cfg.batch_size) | {
-                "lr_g": sched_g.get_last_lr()[0], "lr_d": sched_d.get_last_lr()[0], "kimg": cur_nimg / 1000,
-                "elapsed_min": (time.perf_counter() - start) / 60}  # since this (possibly resumed) run started
-            if grad_norm_g is not None:
-                metrics |= {"grad_norm_g": grad_norm_g, "grad_norm_d": grad_norm_d}
-            if ada is not None:
-                metrics["augment_p"] = ada.p
-            if step % log_every == 0 or last:  # a collective: every rank joins on the same steps
-                metrics |= _rank_step_times(window.compute_ms(), progress)
-            window.clear()
-            progress.set_postfix_str(f"{metrics['img_per_s']:.0f} img/s, loss_d {metrics['loss_d']:.3f}, "
-                                     f"loss_g {metrics['loss_g']:.3f}", refresh=False)
-            if snapshot_due:
-                live.log_image(f"samples/{cur_nimg / 1000:07.1f}kimg.png", grid(ema.average))
-            if fid_due:
-                fid_start = time.perf_counter()
-                metrics["fid_inloop"] = fid(ema.average, spec.z_dim)
-                metrics["fid_inloop_s"] = time.perf_counter() - fid_start  # evidence that it stays cheap
-                curve.append({"kimg": cur_nimg / 1000, "minutes": trained_s() / 60,
-                              "fid_inloop": metrics["fid_inloop"]})
-                live.log_plot("fid_inloop", curve, x="kimg", y="fid_inloop", title="in-loop FID (domain features)")
-                if best is None or metrics["fid_inloop"] < best["fid"]:
-                    best = {"fid": metrics["fid_inloop"], "kimg": cur_nimg / 1000,
-                            "generator_ema": {k: v.detach().cpu().clone() for k, v in ema.average.state_dict().items()}}
-            if live is not None:
-                for name, value in metrics.items():
-                    live.log_metric(name, value)
-                live.next_step()
-        if step % checkpoint_every == 0 and not last:
-            broadcast_state(generator, discriminator)  # BatchNorm statistics are per rank between syncs
-            rank_states = gather_to_main(rank_state())
-            if main:
-                save_checkpoint(checkpoint_path, snapshot(step, rank_states), keep_previous=True)
-    progress.close()
-    elapsed_s = time.perf_counter() - start
 
-    digests = _check_ranks_agree(generator, discriminator)
-    broadcast_state(generator, discriminator)
-    rank_states = gather_to_main(rank_state())
-    trained_nimg = cur_nimg - first_step * cfg.batch_size
-    result = TrainResult(cur_nimg, total_steps, trained_nimg / max(elapsed_s, 1e-9), window.last_loss_d,
-                         window.last_loss_g, best["fid"] if best else None, best["kimg"] if best else None)
-    if main:
-        with atomic_dir(out_dir) as tmp:
-            save_generator(ema.average, spec, tmp / LAST_GENERATOR)
+class _Run:
+    """One run's state on this rank: networks, optimizers, data and random streams, and rank 0's log,
+    in-loop FID and checkpoints. The methods are the pieces of :func:`_train`'s loop, in its order."""
+
+    def __init__(self, cfg: TrainConfig, data_dir: Path, out_dir: Path, featurizer_path: str | Path | None,
+                 time_limit_s: float | None, device: torch.device) -> None:
+        self.cfg, self.out_dir, self.device = cfg, out_dir, device
+        self.world, self.main = world_size(), is_main_process()
+        split = load_split(data_dir, "train")
+        if cfg.batch_size % self.world:
+            raise UserError(f"train.batch_size: {cfg.batch_size} does not split evenly over {self.world} processes")
+        if len(split) < cfg.batch_size:
+            raise UserError(f"train.batch_size: {cfg.batch_size} exceeds the {len(split)} training images")
+        assert time_limit_s is None or self.world == 1, "time_limit_s is for single-process benchmarks"
+        self.spec = GeneratorSpec(cfg.arch, cfg.z_dim, split.resolution, split.channels, cfg.width)
+        manifest = read_manifest(data_dir)
+        self.fingerprint = {"params": {k: v for k, v in config_to_dict(cfg).items() if k not in _RESUMABLE_CHANGES},
+                            "data": {"source_hash": manifest["source_hash"], "counts": manifest["counts"]}}
+        if cfg.fid_interval_kimg and featurizer_path is None:
+            raise UserError("train.fid_interval_kimg: the in-loop FID needs the featurizer stage's weights")
+        self.fid = (InLoopFID(featurizer_path, split, cfg.fid_samples, cfg.seed)
+                    if self.main and cfg.fid_interval_kimg else None)
+        self._build(split)
+        self.checkpoint_path = out_dir / CHECKPOINT
+        self.log_every = _every(cfg.log_interval_kimg, cfg.batch_size)
+        self.checkpoint_every = _every(cfg.checkpoint_kimg, cfg.batch_size)
+        self.grad_norm_d = self.grad_norm_g = None  # measured on the steps that a log line follows
+        self.out_of_time = False
+
+    def _build(self, split: PreparedSplit) -> None:
+        cfg, device = self.cfg, self.device
+        # The same initial weights on every rank (base seed); then per-rank streams for latents and augmentation.
+        torch.manual_seed(cfg.seed)
+        memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.generator = generator = build_generator(self.spec).to(device, memory_format=memory_format).train()
+        self.discriminator = discriminator = build_discriminator(
+            cfg.arch, self.spec.resolution, self.spec.channels, cfg.width, cfg.d_spectral_norm,
+            cfg.d_batchnorm).to(device, memory_format=memory_format)
+        broadcast_state(generator, discriminator)
+        self.ema = GeneratorEMA(generator, cfg.ema_kimg, cfg.ema_rampup)
+        self.seed = seed = rank_seed(cfg.seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        self.latent_rng = torch.Generator().manual_seed(seed + 3)
+
+        self.total_steps = total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_size)
+        self.opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr * cfg.d_lr_ratio,
+                                      betas=(cfg.beta1, cfg.beta2))
+        warmup_steps = round(cfg.warmup_kimg * 1000 / cfg.batch_size)
+        self.sched_g = lr_scheduler(self.opt_g, cfg.lr_schedule, warmup_steps, total_steps)
+        self.sched_d = lr_scheduler(self.opt_d, cfg.lr_schedule, warmup_steps, total_steps)
+        self.reals = BatchStream(split, cfg.batch_size, seed=cfg.seed + 1, rank=rank(), world_size=self.world)
+        ada = AdaptiveProbability(cfg.ada_target, cfg.ada_kimg) if cfg.ada_target > 0 and cfg.augment else None
+        self.ada = ada
+        self.augment = DiffAugment(cfg.augment_policy, seed=seed + 2, p=0.0 if ada else 1.0, device=device)
+        self.shared = {"generator": generator, "discriminator": discriminator, "generator_ema": self.ema.average,
+                       "opt_g": self.opt_g, "opt_d": self.opt_d, "sched_g": self.sched_g, "sched_d": self.sched_d,
+                       "reals": self.reals, **({"ada": ada} if ada else {})}
+        bf16 = cfg.precision == "bf16"
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        self.d_params, self.g_params = list(discriminator.parameters()), list(generator.parameters())
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"rng": capture_rng(), "latents": self.latent_rng.get_state(), "augment": self.augment.state_dict()}
+
+    def load_rank_state(self, state: dict[str, Any] | None, step: int) -> None:
+        if state is None:  # the checkpoint came from another process count: fresh streams for this step
+            torch.manual_seed(self.seed + step)
+            self.latent_rng.manual_seed(self.seed + 3 + step)
+            self.augment.generator.manual_seed(self.seed + 2 + step)
+            return
+        restore_rng(state["rng"])
+        self.latent_rng.set_state(state["latents"])
+        self.augment.load_state_dict(state["augment"])
+
+    def resume(self) -> None:
+        self.first_step, self.best, progress_so_far = _resume(self.checkpoint_path, self.fingerprint,
+                                                              self.total_steps, self.shared, self.load_rank_state)
+        # The in-loop FID curve and the training seconds before this run, both carried across a resume.
+        self.curve: list[dict[str, float]] = progress_so_far["curve"]
+        self.trained_before_s: float = progress_so_far["trained_s"]
+        if self.ada is not None:
+            self.augment.p = self.ada.p
+
+    def open_log(self, live_dir: Path, cleanup: contextlib.ExitStack) -> None:
+        """dvclive, the sample grid and the progress bar on rank 0, and the clock, just before the first step."""
+        cfg, main, first_step = self.cfg, self.main, self.first_step
+        self.live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=first_step > 0) if main else None
+        if self.live is not None and first_step == 0:
+            self.live.log_params(config_to_dict(cfg) | {"world_size": self.world, "device": str(self.device)})
+        self.grid = SampleGrid(self.spec.z_dim, 64, cfg.seed) if main and cfg.snapshot_kimg else None
+        self.window = _Window()
+        self.progress = cleanup.enter_context(tqdm(  # closed before an interrupt's message is printed
+            total=round(self.total_steps * cfg.batch_size / 1000, 3),
+            initial=round(first_step * cfg.batch_size / 1000, 3), unit="kimg", desc="train", disable=not main,
+            mininterval=1.0,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}{postfix}]"))
+        self.start = time.perf_counter()
+
+    def trained_s(self) -> float:  # wall seconds of training since step 0, over every resume
+        return self.trained_before_s + time.perf_counter() - self.start
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        real = next(self.reals).to(self.device, non_blocking=True)  # (b, C, R, R) in [-1, 1], b = batch_size / world
+        if self.cfg.channels_last:
+            real = real.contiguous(memory_format=torch.channels_last)
+        z = torch.randn(real.shape[0], self.spec.z_dim, generator=self.latent_rng).to(self.device)  # (b, z_dim)
+        return real, z
+
+    def d_step(self, step: int, real: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """D on real vs detached fake; returns the fake, D's all-rank stats and the seconds spent waiting."""
+        cfg, discriminator = self.cfg, self.discriminator
+        with self.autocast:
+            fake = self.generator(z)  # (b, C, R, R)
+            real_logits = discriminator(self.augment(real)).float()  # (b,)
+            fake_logits = discriminator(self.augment(fake.detach())).float()  # (b,)
+        loss_d = discriminator_loss(cfg.loss, real_logits, fake_logits)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        d_stats, waited_s = sync_gradients(self.d_params, loss_d, real_logits.mean(), fake_logits.mean(),
+                                           real_logits.sign().mean())
+        _check_finite("loss_d", d_stats[0], step, cfg.batch_size, self.checkpoint_path)
+        self.grad_norm_d = _grad_norm(self.d_params) if (step + 1) % self.log_every == 0 else None
+        self.opt_d.step()
+        if self.ada is not None:
+            self.ada.observe(float(d_stats[3]), cfg.batch_size)
+            self.augment.p = self.ada.p
+        return fake, d_stats, waited_s
+
+    def regularise(self, step: int, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The D penalties every ``r1_interval`` steps; returns their sum (zero between) and the wait."""
+        cfg = self.cfg
+        if not ((cfg.r1_gamma > 0 or cfg.r2_gamma > 0) and step % cfg.r1_interval == 0):
+            return torch.zeros(()), 0.0
+        # Lazy R1 on reals and R2 on fakes, scaled by the interval to match; logged together as loss_r1.
+        penalised = [(gamma, x.detach().float().requires_grad_(True))  # fakes are bf16 under autocast
+                     for gamma, x in ((cfg.r1_gamma, real), (cfg.r2_gamma, fake)) if gamma > 0]
+        loss_r1 = sum(gamma / 2 * cfg.r1_interval * gradient_penalty(self.discriminator(self.augment(x)).float(), x)
+                      for gamma, x in penalised)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_r1.backward()
+        (loss_r1,), waited_s = sync_gradients(self.d_params, loss_r1)
+        _check_finite("loss_r1", loss_r1, step, cfg.batch_size, self.checkpoint_path)
+        self.opt_d.step()
+        return loss_r1, waited_s
+
+    def g_step(self, step: int, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """G against the updated D, then the schedules and the EMA; returns G's all-rank loss and the wait."""
+        cfg, discriminator = self.cfg, self.discriminator
+        discriminator.requires_grad_(False)  # the G step needs gradients through D, not for D's weights
+        with self.autocast:
+            fake_logits_g = discriminator(self.augment(fake)).float()  # (b,)
+            # The paired loss compares each fake with a real under the updated D (no gradient to anything).
+            real_logits_g = discriminator(self.augment(real)).float() if cfg.loss in PAIRED_LOSSES else None
+        discriminator.requires_grad_(True)
+        loss_g = generator_loss(cfg.loss, fake_logits_g, real_logits_g)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        (loss_g,), waited_s = sync_gradients(self.g_params, loss_g)
+        _check_finite("loss_g", loss_g, step, cfg.batch_size, self.checkpoint_path)
+        self.grad_norm_g = _grad_norm(self.g_params) if (step + 1) % self.log_every == 0 else None
+        self.opt_g.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        self.ema.update(self.generator, cfg.batch_size, (step + 1) * cfg.batch_size)
+        return loss_g, waited_s
+
+    def log(self, step: int) -> None:
+        """After ``step`` steps: the window's means every ``log_every`` steps and at the last, with a sample
+        grid and the in-loop FID when they are due (rank 0 alone logs; every rank joins the collective)."""
+        cfg, cur_nimg, last = self.cfg, step * self.cfg.batch_size, step == self.total_steps
+        snapshot_due = self.grid is not None and (_crossed(cfg.snapshot_kimg, cur_nimg, cfg.batch_size) or last)
+        fid_due = self.fid is not None and (_crossed(cfg.fid_interval_kimg, cur_nimg, cfg.batch_size) or last)
+        if not (step % self.log_every == 0 or last or snapshot_due or fid_due):  # rank 0 alone knows the last two
+            return
+        metrics = self.window.summary(cfg.batch_size) | {
+            "lr_g": self.sched_g.get_last_lr()[0], "lr_d": self.sched_d.get_last_lr()[0], "kimg": cur_nimg / 1000,
+            "elapsed_min": (time.perf_counter() - self.start) / 60}  # since this (possibly resumed) run started
+        if self.grad_norm_g is not None:
+            metrics |= {"grad_norm_g": self.grad_norm_g, "grad_norm_d": self.grad_norm_d}
+        if self.ada is not None:
+            metrics["augment_p"] = self.ada.p
+        if step % self.log_every == 0 or last:  # a collective: every rank joins on the same steps
+            metrics |= _rank_step_times(self.window.compute_ms(), self.progress)
+        self.window.clear()
+        self.progress.set_postfix_str(f"{metrics['img_per_s']:.0f} img/s, loss_d {metrics['loss_d']:.3f}, "
+                                      f"loss_g {metrics['loss_g']:.3f}", refresh=False)
+        if snapshot_due:
+            self.live.log_image(f"samples/{cur_nimg / 1000:07.1f}kimg.png", self.grid(self.ema.average))
+        if fid_due:
+            metrics |= self._score_fid(cur_nimg)
+        if self.live is not None:
+            for name, value in metrics.items():
+                self.live.log_metric(name, value)
+            self.live.next_step()
+
+    def _score_fid(self, cur_nimg: int) -> dict[str, float]:
+        """The EMA generator's in-loop FID, added to the curve; the best generator so far is kept."""
+        fid_start = time.perf_counter()
+        fid = self.fid(self.ema.average, self.spec.z_dim)
+        scored = {"fid_inloop": fid, "fid_inloop_s": time.perf_counter() - fid_start}  # evidence that it stays cheap
+        self.curve.append({"kimg": cur_nimg / 1000, "minutes": self.trained_s() / 60, "fid_inloop": fid})
+        self.live.log_plot("fid_inloop", self.curve, x="kimg", y="fid_inloop", title="in-loop FID (domain features)")
+        if self.best is None or fid < self.best["fid"]:
+            ema_state = self.ema.average.state_dict()
+            self.best = {"fid": fid, "kimg": cur_nimg / 1000,
+                         "generator_ema": {k: v.detach().cpu().clone() for k, v in ema_state.items()}}
+        return scored
+
+    def snapshot(self, step: int, rank_states: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint, "step": step, "cur_nimg": step * self.cfg.batch_size,
+                "best": self.best, "progress": {"curve": self.curve, "trained_s": self.trained_s()},
+                "ranks": rank_states, **{name: part.state_dict() for name, part in self.shared.items()}}
+
+    def checkpoint(self, step: int) -> None:
+        broadcast_state(self.generator, self.discriminator)  # BatchNorm statistics are per rank between syncs
+        rank_states = gather_to_main(self.rank_state())
+        if self.main:
+            save_checkpoint(self.checkpoint_path, self.snapshot(step, rank_states), keep_previous=True)
+
+    def finish(self) -> TrainResult:
+        """Check that the ranks agree; rank 0 then writes the outputs and closes the log."""
+        self.progress.close()
+        elapsed_s = time.perf_counter() - self.start
+        digests = _check_ranks_agree(self.generator, self.discriminator)
+        broadcast_state(self.generator, self.discriminator)
+        rank_states = gather_to_main(self.rank_state())
+        cfg, best, cur_nimg = self.cfg, self.best, self.total_steps * self.cfg.batch_size
+        trained_nimg = cur_nimg - self.first_step * cfg.batch_size
+        result = TrainResult(cur_nimg, self.total_steps, trained_nimg / max(elapsed_s, 1e-9), self.window.last_loss_d,
+                             self.window.last_loss_g, best["fid"] if best else None, best["kimg"] if best else None)
+        if self.main:
+            self._write_outputs(result, digests, rank_states)
+            self.live.summary["train_img_per_s"] = result.train_img_per_s
             if best is not None:
-                best_generator = build_generator(spec)
-                best_generator.load_state_dict(best["generator_ema"])
-                save_generator(best_generator, spec, tmp / BEST_GENERATOR)
-            save_checkpoint(tmp / CHECKPOINT, snapshot(total_steps, rank_states))
+                self.live.summary["best_fid_inloop"], self.live.summary["best_kimg"] = best["fid"], best["kimg"]
+            self.live.end()
+            if self.fid is not None:
+                self.fid.close()
+        return result
+
+    def _write_outputs(self, result: TrainResult, digests: list[str], rank_states: list[dict[str, Any]]) -> None:
+        with atomic_dir(self.out_dir) as tmp:
+            save_generator(self.ema.average, self.spec, tmp / LAST_GENERATOR)
+            if self.best is not None:
+                best_generator = build_generator(self.spec)
+                best_generator.load_state_dict(self.best["generator_ema"])
+                save_generator(best_generator, self.spec, tmp / BEST_GENERATOR)
+            save_checkpoint(tmp / CHECKPOINT, self.snapshot(self.total_steps, rank_states))
             write_json(tmp / "train.json", {
-                "params": config_to_dict(cfg), "spec": spec.to_dict(), "cur_nimg": cur_nimg, "steps": total_steps,
-                "resumed_from_step": first_step, "train_img_per_s": result.train_img_per_s,
-                "world_size": world, "rank_weight_digests": digests, "device": str(device),
-                "stopped_by_time_limit": out_of_time,
+                "params": config_to_dict(self.cfg), "spec": self.spec.to_dict(), "cur_nimg": result.cur_nimg,
+                "steps": result.steps, "resumed_from_step": self.first_step, "train_img_per_s": result.train_img_per_s,
+                "world_size": self.world, "rank_weight_digests": digests, "device": str(self.device),
+                "stopped_by_time_limit": self.out_of_time,
                 "best_fid_inloop": result.best_fid, "best_kimg": result.best_kimg})
-        live.summary["train_img_per_s"] = result.train_img_per_s
-        if best is not None:
-            live.summary["best_fid_inloop"], live.summary["best_kimg"] = best["fid"], best["kimg"]
-        live.end()
-        if fid is not None:
-            fid.close()
-    return result
+
+
+def _every(kimg: float, batch_size: int) -> int:
+    """An interval in kimg as a whole number of steps."""
+    return max(1, round(kimg * 1000 / batch_size))
+
+
+def _crossed(interval_kimg: float, nimg: int, batch_size: int) -> bool:
+    """Did the step that reached ``nimg`` pass a multiple of the interval?"""
+    every_nimg = interval_kimg * 1000
+    return bool(interval_kimg) and math.floor(nimg / every_nimg) > math.floor((nimg - batch_size) / every_nimg)
 
 
 class _Window:
