@@ -28,7 +28,7 @@ from ganforge.config import read_params
 
 RESULTS = REPO / "bench/optimize_cifar.json"
 VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8",
-            "pruned+bf16", "pruned+bf16+compiled", "pruned+onnxruntime")
+            "pruned+bf16", "pruned+bf16+compiled", "pruned+onnxruntime", "pruned+direct", "pruned+direct+compiled")
 # "A pruned or quantized variant", read two ways: strictly (channel pruning or int8), and with the reduced
 # float types too (TFLite, for one, calls casting weights to float16 "float16 quantization").
 COMPRESSION_READINGS = {"pruned or int8": {"pruned", "int8"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -26,6 +27,7 @@ from ganforge.optimization.pruning import distill, prune_generator
 from ganforge.optimization.select import fid_budget, select_winner
 from ganforge.runtime import direct as direct_form
 from ganforge.runtime.direct import BatchInnermostLinear, DirectUpsampling, compile_kernel, register_block
+from ganforge.runtime.lowering import rewrite_upsampled_convs
 from ganforge.runtime.variants import (
     OnnxRuntimeGenerator,
     Recipe,
@@ -306,12 +308,15 @@ _LOWERED = {"direct": DirectUpsampling}
 
 @pytest.mark.parametrize("form", sorted(_LOWERED))
 @pytest.mark.parametrize("spec", [GeneratorSpec("seed", 100, 32, 1), GeneratorSpec("seed", 16, 16, 3),
-                                  GeneratorSpec("dcgan", 16, 32, 3, 0.25)], ids=["seed-32x1", "seed-16x3", "dcgan"])
+                                  GeneratorSpec("dcgan", 16, 32, 3, 0.25), GeneratorSpec("lite", 100, 32, 1),
+                                  GeneratorSpec("lite", 16, 64, 3, 0.5)],
+                         ids=["seed-32x1", "seed-16x3", "dcgan", "lite-32x1", "lite-64x3"])
 def test_lowered_forms_equal_the_float_generator(spec, form):
     generator = _with_batchnorm_statistics(spec)
     lowered = build_variant(Recipe(form), generator, spec.z_dim)
     assert any(isinstance(m, _LOWERED[form]) for m in lowered.modules())
-    assert not any(is_stride2_upsampling(m) for m in lowered.modules())  # every stride-2 conv lowered
+    assert not any(is_stride2_upsampling(m) or isinstance(m, torch.nn.Upsample)  # every upsampling lowered
+                   for m in lowered.modules())
     with torch.no_grad():
         for batch in (1, 3, 17):
             z = torch.randn(batch, spec.z_dim)
@@ -330,11 +335,42 @@ def test_lowered_forms_of_a_pruned_generator_equal_it(tiny_run, form):
 
 
 @pytest.mark.parametrize("form", sorted(_LOWERED))
+def test_lowered_forms_of_a_pruned_lite_generator_equal_it(form):
+    spec = GeneratorSpec("lite", 16, 32, 3)
+    pruned = prune_generator(_with_batchnorm_statistics(spec), spec.z_dim, 0.7, "l1")
+    z = torch.randn(9, spec.z_dim)
+    with torch.no_grad():
+        assert torch.allclose(build_variant(Recipe(f"pruned+{form}"), pruned, spec.z_dim)(z), pruned(z), atol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_an_upsampled_3x3_conv_is_rewritten_as_the_equal_transposed_conv_only_at_scale_2(scale):
+    torch.manual_seed(0)
+    pair = torch.nn.Sequential(torch.nn.Upsample(scale_factor=scale, mode="nearest"),
+                               torch.nn.Conv2d(5, 7, 3, padding=1)).eval()
+    x = torch.randn(3, 5, 4, 6)
+    with torch.no_grad():
+        expected = pair(x)
+        rewritten = rewrite_upsampled_convs(copy.deepcopy(pair))
+        assert isinstance(rewritten[1], torch.nn.ConvTranspose2d) == (scale == 2)
+        assert torch.allclose(rewritten(x), expected, atol=1e-5)
+
+
+class _NoUpsampling(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(16, 48), torch.nn.Tanh())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).reshape(-1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("form", sorted(_LOWERED))
 def test_lowered_forms_are_a_clear_error_where_there_is_nothing_to_lower(form, reliability):
     reliability.bad_input()
-    lite = build_generator(GeneratorSpec("lite", 16, 32, 3)).eval()
-    with pytest.raises(UserError, match=rf"^{form}: LiteGenerator has no stride-2 transposed convolutions"):
-        build_variant(Recipe(form), lite, 16)
+    with pytest.raises(UserError, match=rf"^{form}: _NoUpsampling has no stride-2 transposed convolutions .* "
+                                        rf"and no nearest 2x upsampling followed by a 3x3 convolution to lower$"):
+        build_variant(Recipe(form), _NoUpsampling().eval(), 16)
 
 
 @pytest.mark.parametrize(("c_in", "c_out", "side", "batch", "activation"), [
@@ -352,7 +388,8 @@ def test_direct_kernel_equals_the_transposed_conv(c_in, c_out, side, batch, acti
     with torch.no_grad():
         expected = convt(x) if activation is None else activation(convt(x))
         got = DirectUpsampling([(convt, activation)])(x)
-    assert got.shape == expected.shape and got.is_contiguous()
+    # whole batch vectors leave stored batch innermost, for the next chain; others leave contiguous
+    assert got.shape == expected.shape and (got.permute(1, 2, 3, 0).is_contiguous() or got.is_contiguous())
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
 
 
@@ -460,10 +497,21 @@ def test_direct_fc_hands_the_chain_its_layout_without_a_transpose(monkeypatch):
     monkeypatch.setattr(direct_form, "_transpose", lambda library: lambda *args: calls.append(args[2:4]))
     z = torch.randn(32, 16)
     with torch.no_grad():
-        h = lowered.fc(z).unflatten(1, (-1, 4, 4))  # (B, C, 4, 4)
+        h = lowered.generator.fc(z).unflatten(1, (-1, 4, 4))  # (B, C, 4, 4)
         assert h.permute(1, 2, 3, 0).is_contiguous()
-        lowered.ups(h)
-    assert len(calls) == 1  # only the layout change out of the chain
+        lowered(z)
+    assert len(calls) == 1  # only the layout change out of the generator
+
+
+def test_direct_lite_keeps_the_batch_innermost_layout_through_its_gates(monkeypatch):
+    spec = GeneratorSpec("lite", 16, 32, 1)
+    lowered = build_variant(Recipe("direct"), _with_batchnorm_statistics(spec), spec.z_dim)
+    assert sum(isinstance(m, DirectUpsampling) for m in lowered.modules()) == 3  # 4->8, 8->16, 16->32
+    calls = []
+    monkeypatch.setattr(direct_form, "_transpose", lambda library: lambda *args: calls.append(args[2:4]))
+    with torch.no_grad():
+        lowered(torch.randn(32, spec.z_dim))
+    assert len(calls) == 1  # the skip-layer gates work in the kernel's layout: one transpose, at the end
 
 
 def test_direct_register_blocks_cover_every_channel_evenly():

@@ -48,7 +48,13 @@ from torch import nn
 
 from ganforge.errors import UserError
 from ganforge.measurement.machine import cpu_identity
-from ganforge.runtime.lowering import Layers, in_place_activation, kernel_tap, lower_upsampling_runs
+from ganforge.runtime.lowering import (
+    Layers,
+    in_place_activation,
+    kernel_tap,
+    lower_upsampling_runs,
+    rewrite_upsampled_convs,
+)
 
 # (batch images per vector, accumulators per register block) by the target's registers: 32 of 16 floats with
 # AVX-512; 16 of 8 floats with AVX2 alone. On an x86-64-v3 build of `seed`, 8 lanes ran about 4x faster than 16
@@ -261,7 +267,9 @@ class DirectUpsampling(nn.Module):
     Args:
         layers: (transposed conv, activation module or None) pairs, in order; BatchNorm already folded.
 
-    Input (B, C_in, H, W); output (B, C_out, H * 2^n, W * 2^n) for n layers, contiguous.
+    Input (B, C_in, H, W); output (B, C_out, H * 2^n, W * 2^n) for n layers, a view of memory stored batch
+    innermost when the batch is whole vectors (what the next chain, or :class:`BatchMajorImages` at the end,
+    reads without a copy), else contiguous.
     """
 
     def __init__(self, layers: Layers) -> None:
@@ -296,7 +304,9 @@ class DirectUpsampling(nn.Module):
                                     c_out, code, slope)
             if after is not None:
                 h = after(h)
-        return _to_batch_major_op(h, self.libraries[-1], batch)  # (B, C, H, W)
+        if padded != batch:
+            return _to_batch_major_op(h, self.libraries[-1], batch)  # (B, C, H, W), contiguous
+        return h.permute(3, 0, 1, 2)  # (B, C, H, W), stored batch innermost: see BatchMajorImages
 
 
 class BatchInnermostLinear(nn.Module):
@@ -331,15 +341,41 @@ def _batch_innermost_linears(module: nn.Module) -> None:
                 setattr(parent, name, BatchInnermostLinear(child))
 
 
-def direct(generator: nn.Module) -> nn.Module:
-    """A copy of ``generator`` (BatchNorm already folded) whose runs of stride-2 transposed convs, with the
-    activations between them, are one :class:`DirectUpsampling` each, and whose fully connected layers are
-    :class:`BatchInnermostLinear`, so that their output reaches the chain already in its layout. The rest is
-    left as it is.
+class BatchMajorImages(nn.Module):
+    """A generator lowered to the ``direct`` form, whose images leave contiguous (B, C, H, W): a last chain hands
+    them over stored batch innermost (with elementwise work after it, such as ``lite``'s skip-layer gates, done in
+    that layout), and the kernel library's transpose moves them once.
 
-    Raises :class:`UserError` when the generator has no such convolution to lower or the kernel cannot be
-    compiled on this machine.
+    Args:
+        generator: the lowered generator.
+        library: a kernel library of the same target (each holds the transpose).
     """
-    lowered = lower_upsampling_runs(copy.deepcopy(generator).eval(), "direct", DirectUpsampling)
+
+    def __init__(self, generator: nn.Module, library: str) -> None:
+        super().__init__()
+        self.generator, self.library = generator, library
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.generator(z)
+        stored = images.permute(1, 2, 3, 0)  # (C, H, W, B)
+        if images.is_contiguous() or not stored.is_contiguous():
+            return images.contiguous()
+        return _to_batch_major_op(stored, self.library, images.shape[0])
+
+
+def direct(generator: nn.Module) -> nn.Module:
+    """A copy of ``generator`` (BatchNorm already folded) whose nearest 2x upsamplings followed by a 3x3 conv are
+    first rewritten as the equal stride-2 transposed convs (:func:`rewrite_upsampled_convs`), whose runs of those
+    convs, with the activations between them, are then one :class:`DirectUpsampling` each, and whose fully
+    connected layers are :class:`BatchInnermostLinear`, so that their output reaches the chain already in its
+    layout. Between chains the activations stay stored batch innermost; :class:`BatchMajorImages` turns the
+    images batch-major at the end. The rest is left as it is.
+
+    Raises :class:`UserError` when the generator has nothing to lower or the kernel cannot be compiled on this
+    machine.
+    """
+    copied = rewrite_upsampled_convs(copy.deepcopy(generator).eval())
+    lowered = lower_upsampling_runs(copied, "direct", DirectUpsampling)
     _batch_innermost_linears(lowered)
-    return lowered
+    chains = [m for m in lowered.modules() if isinstance(m, DirectUpsampling)]
+    return BatchMajorImages(lowered, chains[-1].libraries[-1])

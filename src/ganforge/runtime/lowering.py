@@ -1,5 +1,6 @@
-"""The geometry of a stride-2 transposed convolution (which kernel tap joins which input and output pixels) and
-the lowering of a generator's runs of them (with the activations between them) into one module each, as the
+"""The geometry of a stride-2 transposed convolution (which kernel tap joins which input and output pixels), the
+rewriting of a nearest 2x upsampling followed by a 3x3 convolution as one such transposed convolution, and the
+lowering of a generator's runs of them (with the activations between them) into one module each, as the
 ``fused`` and ``direct`` forms compute them."""
 
 from __future__ import annotations
@@ -49,7 +50,55 @@ def in_place_activation(module: nn.Module) -> Callable[[torch.Tensor], torch.Ten
 def no_stride2_upsampling(form: str, generator: nn.Module) -> UserError:
     """The one-line error of a form asked of a generator with nothing to lower."""
     return UserError(f"{form}: {type(generator).__name__} has no stride-2 transposed convolutions "
-                     f"(kernel {KERNEL}, padding {PADDING}) to lower")
+                     f"(kernel {KERNEL}, padding {PADDING}) and no nearest 2x upsampling followed by a 3x3 "
+                     f"convolution to lower")
+
+
+def _is_nearest_doubling(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Upsample) and module.mode == "nearest" and module.size is None
+            and module.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)))
+
+
+def _is_same_3x3(module: nn.Module) -> bool:
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and module.stride == (1, 1)
+            and module.padding == (1, 1) and module.dilation == (1, 1) and module.groups == 1
+            and module.padding_mode == "zeros")
+
+
+def upsampled_conv_as_transposed(conv: nn.Conv2d) -> nn.ConvTranspose2d:
+    """The stride-2 transposed conv equal to a nearest 2x upsampling followed by ``conv`` (3x3, padding 1).
+
+    Output row ``2i + a`` of the pair reads upsampled rows ``2i + a + d - 1`` (kernel row ``d`` of 3), that is
+    input row ``i + (a + d - 1) // 2``; the transposed conv reaches it through :func:`kernel_tap`, so each of its
+    four taps is the sum of the 3x3 rows that land there (and likewise for columns). Four taps per output pixel
+    instead of nine: the same values up to float rounding, in 4/9 of the multiply-adds.
+    """
+    assert _is_same_3x3(conv), conv
+    rows = torch.zeros(KERNEL, 3, dtype=conv.weight.dtype)  # rows[t, d]: 3x3 row d feeds transposed tap t
+    for phase in range(STRIDE):
+        for d in range(3):
+            rows[kernel_tap(phase, (phase + d - 1) // 2), d] = 1.0
+    weight = torch.einsum("yd,xe,oide->ioyx", rows, rows, conv.weight.detach())  # (C_in, C_out, 4, 4)
+    convt = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, KERNEL, STRIDE, PADDING,
+                               bias=conv.bias is not None)
+    with torch.no_grad():
+        convt.weight.copy_(weight)
+        if conv.bias is not None:
+            convt.bias.copy_(conv.bias.detach())
+    return convt
+
+
+def rewrite_upsampled_convs(generator: nn.Module) -> nn.Module:
+    """Replace, in place, every nearest 2x upsampling followed by a 3x3 convolution inside an ``nn.Sequential``
+    (``lite``'s upsampling) by the equal stride-2 transposed conv (:func:`upsampled_conv_as_transposed`) and an
+    ``nn.Identity``. Returns ``generator``."""
+    for parent in list(generator.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for index in range(len(parent) - 1):
+            if _is_nearest_doubling(parent[index]) and _is_same_3x3(parent[index + 1]):
+                parent[index], parent[index + 1] = nn.Identity(), upsampled_conv_as_transposed(parent[index + 1])
+    return generator
 
 
 def lower_upsampling_runs(generator: nn.Module, form: str, lower: Callable[[Layers], nn.Module]) -> nn.Module:

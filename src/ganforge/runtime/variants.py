@@ -7,8 +7,9 @@ A variant's name joins its steps with ``+``, at most one of each kind, in this o
 - weights: ``pruned`` (structured channel pruning + distillation, done by the optimize stage; the stored
   weights are already pruned, so rebuilding has nothing to do for it);
 - numerics: ``fused`` (BatchNorm folded, stride-2 transposed convs in sub-pixel form, channels_last),
-  ``direct`` (BatchNorm folded, stride-2 transposed convs run by a C kernel compiled for this machine, each output
-  from its four taps, batch innermost: see :mod:`ganforge.runtime.direct`),
+  ``direct`` (BatchNorm folded, stride-2 transposed convs, and nearest 2x upsamplings followed by a 3x3 conv
+  rewritten as them, run by a C kernel compiled for this machine, each output from its four taps, batch
+  innermost: see :mod:`ganforge.runtime.direct`),
   ``int8`` (post-training static quantization), ``bf16`` or ``fp16`` (as ``fused``, with weights and activations
   in that type);
 - runtime: ``compiled`` (``torch.compile``) or ``onnxruntime`` (the ONNX export run by ONNX Runtime).
