@@ -85,7 +85,7 @@ bench-real-data: $(VENV)/.installed-test
 bench-quality: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/time_to_quality.py
 
-## Measure the evaluate stage, the domain extractor's images/s and FID of 10k samples on cached CIFAR-10 statistics.
+## Measure the evaluate stage and FID of 10k samples on cached CIFAR-10 statistics.
 bench-eval: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/evaluation_speed.py
 
@@ -97,6 +97,6 @@ bench-optimize: $(VENV)/.installed-test
 bench-optimize-cifar: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/optimize_cifar.py
 
-## Load test of ganforge serve on loopback (n=16 grids, 1 and 8 clients) into docs/benchmarks.md.
+## Load test of ganforge serve on loopback (n=16 grids and n=256 arrays; alone and beside a busy process).
 bench-serve: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/serve_load.py

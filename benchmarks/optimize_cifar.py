@@ -27,12 +27,15 @@ from time_to_quality import _configs, reference_matches
 from ganforge.config import read_params
 
 RESULTS = REPO / "bench/optimize_cifar.json"
-VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "pruned+fused", "pruned+int8",
-            "pruned+bf16", "pruned+bf16+compiled", "pruned+onnxruntime", "pruned+direct", "pruned+direct+compiled")
+VARIANTS = ("fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "direct", "direct+compiled", "pruned+fused",
+            "pruned+int8", "pruned+bf16", "pruned+bf16+compiled", "pruned+onnxruntime", "pruned+direct",
+            "pruned+direct+compiled")
 # "A pruned or quantized variant", read two ways: strictly (channel pruning or int8), and with the reduced
-# float types too (TFLite, for one, calls casting weights to float16 "float16 quantization").
+# float types too (TFLite, for one, calls casting weights to float16 "float16 quantization"); and "a variant"
+# read as any optimization step at all (the fp32 kernels and runtimes too).
 COMPRESSION_READINGS = {"pruned or int8": {"pruned", "int8"},
-                        "pruned, int8, bf16 or fp16": {"pruned", "int8", "bf16", "fp16"}}
+                        "pruned, int8, bf16 or fp16": {"pruned", "int8", "bf16", "fp16"},
+                        "any step": {"pruned", "int8", "bf16", "fp16", "fused", "direct", "compiled", "onnxruntime"}}
 TARGETS = targets(speedup_vs_lite_fp32="cifar_compressed_speedup", fid_ratio="cifar_compressed_fid_ratio")
 
 

@@ -102,7 +102,7 @@ def counter(server: Server, name: str, **labels: str) -> float:
     return 0.0
 
 
-def test_grid_and_zip_decode_and_match_the_generate_cli(server, tiny_run, tmp_path):
+def test_grid_zip_and_npy_decode_and_match_the_generate_cli(server, tiny_run, tmp_path):
     status, content_type, body = server.get("/generate?n=9&seed=7&format=grid")
     assert status == 200 and content_type == "image/png"
     assert Image.open(io.BytesIO(body)).width >= 512  # a 3x3 grid, upscaled to be viewable
@@ -116,6 +116,13 @@ def test_grid_and_zip_decode_and_match_the_generate_cli(server, tiny_run, tmp_pa
     generate(tiny_run.package, 5, out_dir=tmp_path, seed=7)
     written = [np.asarray(Image.open(tmp_path / name)) for name in names]
     assert all(np.array_equal(a, b) for a, b in zip(served, written, strict=True))
+
+    status, content_type, body = server.get("/generate?n=5&seed=7&format=npy")
+    assert status == 200 and content_type == "application/octet-stream"
+    array = np.load(io.BytesIO(body), allow_pickle=False)
+    assert array.dtype == np.uint8 and array.shape[0] == 5
+    assert all(np.array_equal(image.transpose(1, 2, 0).squeeze(-1) if image.shape[0] == 1 else image.transpose(1, 2, 0),
+                              png) for image, png in zip(array, written, strict=True))
 
 
 def test_same_seed_same_bytes_and_truncation_changes_images(server):

@@ -373,9 +373,10 @@ class OptimizeConfig(StageConfig):
     SECTION: ClassVar[str] = "optimize"
     TOP_LEVEL: ClassVar[tuple[str, ...]] = ("seed",)
     seed: int = 0
-    variants: tuple[str, ...] = _param(("fp32", "fused", "int8", "bf16", "bf16+compiled", "onnxruntime",
-                                        "pruned+fused", "pruned+int8", "pruned+bf16", "pruned+bf16+compiled",
-                                        "pruned+onnxruntime", "pruned+direct", "pruned+direct+compiled"))
+    variants: tuple[str, ...] = _param(("fp32", "fused", "int8", "bf16", "bf16+compiled", "onnxruntime", "direct",
+                                        "direct+compiled", "pruned+fused", "pruned+int8", "pruned+bf16",
+                                        "pruned+bf16+compiled", "pruned+onnxruntime", "pruned+direct",
+                                        "pruned+direct+compiled"))
     batch: int = _param(256, ge=1, le=65536)
     speed_batches: tuple[int, ...] = _param((1, 64, 256), ge=1, le=65536)
     warmup: int = _param(3, ge=0, le=_MAX_REPEATS)

@@ -84,6 +84,14 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def npy_bytes(images: torch.Tensor) -> bytes:
+    """uint8 images (N, C, H, W) as a ``.npy`` file (``numpy.load`` reads it back; no pickling)."""
+    assert images.dtype == torch.uint8 and images.ndim == 4, (images.dtype, images.shape)
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(images.numpy()), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def _square_nrow(count: int) -> int:
     return math.isqrt(max(count, 1) - 1) + 1  # ceil(sqrt(count)), exact for any count
 

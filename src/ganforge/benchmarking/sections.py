@@ -24,9 +24,10 @@ from ganforge.data.stream import BatchStream
 from ganforge.errors import UserError
 from ganforge.evaluation.features import DomainFeatureNet
 from ganforge.files import check_json, read_json
-from ganforge.measurement.speed import Timing, flops_per_image, time_generators
+from ganforge.measurement.speed import Timing, time_generators
 from ganforge.measurement.timing import busy_neighbour, rate_spread, spread, timed
 from ganforge.models import GeneratorSpec, build_generator, load_generator
+from ganforge.runtime.lowering import essential_flops_per_image
 from ganforge.runtime.variants import Recipe, build_variant
 
 ARCHS = ("seed", "dcgan", "lite")
@@ -39,16 +40,23 @@ def generation(optimized_dir: Path, gemm_gflops: float, quick: bool) -> dict:
     optimize stage's winner (``optimized_dir``), side by side; each as a ratio to ``seed`` and as achieved
     GFLOP/s against ``gemm_gflops``. Batch 256 is timed again beside a busy neighbour process, and the winner is
     compared with its own architecture in eager fp32 (the packaged baseline) in both conditions."""
-    winner, channels, arch = None, _CHANNELS, None
-    if (optimized_dir / RECIPE_FILE).is_file():
+    winner, channels, arch, width, skipped = None, _CHANNELS, None, 1.0, None
+    if not (optimized_dir / RECIPE_FILE).is_file():
+        skipped = f"{optimized_dir}: no optimize output (run `dvc repro` first)"
+    else:
         generator, spec = load_generator(optimized_dir / WINNER_FILE)
         recipe = Recipe.from_dict(read_json(optimized_dir / RECIPE_FILE), source=str(optimized_dir / RECIPE_FILE))
         if spec.z_dim == _Z_DIM and spec.resolution == _SIDE and spec.arch in ("seed", "lite"):
-            winner, channels, arch = f"winner ({recipe.variant})", spec.channels, spec.arch
-    modules = {name: build_generator(GeneratorSpec(name, _Z_DIM, _SIDE, channels)).eval() for name in ("seed", "lite")}
+            winner, channels, arch, width = f"winner ({recipe.variant})", spec.channels, spec.arch, spec.width
+        else:
+            skipped = (f"{optimized_dir}: the winner is `{spec.arch}` at {spec.resolution}x{spec.resolution} with "
+                       f"z_dim {spec.z_dim}; this table compares `seed` and `lite` at {_SIDE}x{_SIDE}, z_dim {_Z_DIM}")
+    # the winner's own architecture at its width is its baseline
+    modules = {name: build_generator(GeneratorSpec(name, _Z_DIM, _SIDE, channels, width if name == arch else 1.0))
+               .eval() for name in ("seed", "lite")}
     if winner is not None:
         modules[winner] = build_variant(recipe, generator, _Z_DIM)
-    flops = {name: flops_per_image(generator if name == winner else module, _Z_DIM)
+    flops = {name: essential_flops_per_image(generator if name == winner else module, _Z_DIM)
              for name, module in modules.items()}
     repeats = 8 if quick else 30
     with torch.inference_mode():
@@ -60,7 +68,7 @@ def generation(optimized_dir: Path, gemm_gflops: float, quick: bool) -> dict:
                                   f"{channels}x{_SIDE}x{_SIDE}", gemm_gflops) for name in modules}
     result = {"batch": 256, "rows": rows}
     if winner is None:
-        result["winner_skipped"] = f"{optimized_dir}: no optimize output at 32x32 (run `dvc repro` first)"
+        result["winner_skipped"] = skipped
     else:
         result["winner_vs_baseline"] = {
             "baseline": arch, "alone": at_256[winner].img_per_s / at_256[arch].img_per_s,
@@ -84,7 +92,7 @@ def generation_cuda(quick: bool, batch: int = 4096) -> dict | None:
     rows = {}
     for arch in ("seed", "lite"):
         generator = build_generator(GeneratorSpec(arch, _Z_DIM, _SIDE, _CHANNELS)).eval().cuda()
-        flops = flops_per_image(generator.cpu(), _Z_DIM)
+        flops = essential_flops_per_image(generator.cpu(), _Z_DIM)
         generator.cuda()
         for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             module = generator.to(dtype)

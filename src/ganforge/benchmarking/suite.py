@@ -60,7 +60,8 @@ _BENCH_FILES = {
     "inception_reference": {"extract_test?": {"img_per_s": float}},
     "evaluation_speed": {"evaluate_stage?": {"wall_s?": float}, "cifar10?": {"fid_10k?": {"wall_s?": float}}},
     "optimize_speed": {"winner_fid_ratio?": float, "best_unpruned_fp32_ceiling_fraction?": float},
-    "serve_load": {"winner_vs_baseline?": {"beside_a_busy_process": float}},
+    "serve_load": {"winner_vs_baseline?": {"beside_a_busy_process": float},
+                   "bulk_winner_vs_baseline?": {"beside_a_busy_process": float}},
     "optimize_cifar": {"best_compressed?": Each({"variant": str, "fid_ratio": float, "speedup_batch256": float})},
 }
 
@@ -254,11 +255,13 @@ def _optimize_rows(t: dict[str, Target], results: dict, bench_dir: Path) -> list
     winner = next((r for name, r in results["generation"]["rows"].items() if name.startswith("winner")), None)
     optimize = _load(bench_dir, "optimize_speed") or {}
     contention = results["generation"].get("winner_vs_baseline")
+    serve = _load(bench_dir, "serve_load") or {}
     rows = [t["winner_vs_seed_fp32"].row(winner and winner["vs_seed_fp32"]),
             t["winner_busy_vs_baseline"].row(contention and contention["beside_a_busy_process"],
                                              baseline=contention["baseline"] if contention else "its arch"),
-            t["serve_winner_busy_vs_baseline"].row(
-                (_load(bench_dir, "serve_load") or {}).get("winner_vs_baseline", {}).get("beside_a_busy_process")),
+            t["serve_winner_busy_vs_baseline"].row(serve.get("winner_vs_baseline", {}).get("beside_a_busy_process")),
+            t["serve_bulk_winner_busy_vs_baseline"].row(
+                serve.get("bulk_winner_vs_baseline", {}).get("beside_a_busy_process")),
             t["winner_fid_ratio"].row(optimize.get("winner_fid_ratio")),
             t["unpruned_ceiling_fraction"].row(optimize.get("best_unpruned_fp32_ceiling_fraction"))]
     fid_bound = t["cifar_compressed_fid_ratio"].bound

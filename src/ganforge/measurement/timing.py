@@ -70,8 +70,9 @@ def busy_neighbour() -> Iterator[subprocess.Popen]:
     spinner = subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
     try:
         if spinner.stdout.readline().strip() != "spinning":
-            raise RuntimeError(f"the busy neighbour process did not start (exit code {spinner.poll()})")
+            raise RuntimeError(f"the busy neighbour process did not start (exit code {spinner.wait(timeout=10)})")
         yield spinner
     finally:
         spinner.kill()
         spinner.wait()
+        spinner.stdout.close()

@@ -24,7 +24,6 @@ from ganforge.files import atomic_dir, atomic_path, write_json
 from ganforge.measurement.ceilings import GemmProbe
 from ganforge.measurement.speed import (
     Timing,
-    flops_per_image,
     onnx_peak_rss_mib,
     parameter_count,
     peak_tensor_mib,
@@ -35,6 +34,7 @@ from ganforge.models import GeneratorSpec, load_generator, save_generator
 from ganforge.models.registry import trained_generator_path
 from ganforge.optimization.pruning import distill, prune_generator, trained_discriminator
 from ganforge.optimization.select import fid_budget, select_winner
+from ganforge.runtime.lowering import essential_flops_per_image
 from ganforge.runtime.variants import (
     BASELINE,
     OnnxRuntimeGenerator,
@@ -160,7 +160,7 @@ def _time_variants(modules: dict[str, nn.Module], z_dim: int, batches: list[int]
 def _variant_row(name: str, module: nn.Module, base: nn.Module, z_dim: int, timings: dict[int, dict[str, Timing]],
                  deploy_batch: int, ceiling: float, build_s: float, protocol: Protocol) -> dict[str, Any]:
     """One variant's measurements: images/s per batch, latency, size, memory, rate against the ceiling, FID."""
-    flops, largest = flops_per_image(base, z_dim), max(timings)
+    flops, largest = essential_flops_per_image(base, z_dim), max(timings)
     at_deploy, at_largest = timings[deploy_batch][name], timings[largest][name]
     return {
         "img_per_s": at_deploy.img_per_s,

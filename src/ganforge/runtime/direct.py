@@ -7,9 +7,11 @@ the layer's output) for an overlap-add to read back; at the few channels of a ge
 has a short inner dimension (16 to 64) and the tap planes are several MiB, so it waits on memory. The kernel
 instead keeps a block of output channels by batch vectors in registers (a layer with few output channels, 2 x 2
 output pixels), multiplies each input vector it loads into the whole block, and writes each output once. The
-same library changes the layout into and out of the chain, a tile of 16 x 16 (8 x 8 on AVX2) at a time; the way in is
-skipped when the chain's input is already stored batch innermost, as the form's fully connected layers
-(:class:`BatchInnermostLinear`) leave it.
+same library changes the layout into and out of the chain, a tile of 16 x 16 (8 x 8 on AVX2) at a time, where it
+must: the way in is skipped when the chain's input is already stored batch innermost, as the form's fully
+connected layers (:class:`BatchInnermostLinear`) leave it, and when the batch is whole vectors the way out is too:
+the chain returns a batch-innermost view, the elementwise layers between chains (``lite``'s skip-layer gates)
+keep it, and :class:`BatchMajorImages` makes the generator's images batch-major with one transpose at the end.
 
 The kernel is compiled per layer shape with the C compiler in ``$CC`` (default ``cc``; GCC or Clang), ``-O3
 -march=native -fopenmp`` (``$GANFORGE_KERNEL_MARCH`` names another target, for example ``x86-64-v3`` for AVX2

@@ -1,6 +1,6 @@
 """``ganforge serve``: a package behind HTTP (FastAPI on uvicorn).
 
-    GET /generate?n=16&seed=7&format=grid|zip[&truncation=0.7]   a PNG grid, or a zip of PNGs
+    GET /generate?n=16&seed=7&format=grid|zip|npy[&truncation=0.7]   a PNG grid, a zip of PNGs, or the uint8 array
     GET /healthz                                                  liveness, and which model is loaded
     GET /metrics                                                  Prometheus text format
     GET /                                                         a page showing a fresh grid
@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from ganforge import __version__
 from ganforge.entry import EXIT_ENVIRONMENT_ERROR
 from ganforge.errors import UserError
-from ganforge.images import grid_image, pil_image, png_bytes
+from ganforge.images import grid_image, npy_bytes, pil_image, png_bytes
 from ganforge.latents import latents
 from ganforge.packaging.package import GeneratorPackage, load_package
 
@@ -144,7 +144,8 @@ def _add_generate_route(app: FastAPI, package: GeneratorPackage, generated: Coun
     def generate_images(
         n: Annotated[int, Query(description="number of images")] = 16,
         seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="latent seed")] = 0,
-        format: Annotated[Literal["grid", "zip"], Query(description="one PNG grid, or a zip of PNGs")] = "grid",
+        format: Annotated[Literal["grid", "zip", "npy"],
+                          Query(description="a PNG grid, a zip of PNGs, or the (n, C, R, R) uint8 .npy")] = "grid",
         truncation: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description="±psi")] = None,
     ) -> Response:
         if not 1 <= n <= max_n:
@@ -156,6 +157,9 @@ def _add_generate_route(app: FastAPI, package: GeneratorPackage, generated: Coun
         generated.inc(n)
         if format == "grid":
             return Response(png_bytes(grid_image(images)), media_type="image/png")
+        if format == "npy":  # no encoding: for clients that feed the images to other code
+            return Response(npy_bytes(images), media_type="application/octet-stream",
+                            headers={"Content-Disposition": f'attachment; filename="ganforge-seed{seed}-n{n}.npy"'})
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
             for i, image in enumerate(images):
