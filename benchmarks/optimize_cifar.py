@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data_path import prepare_archive
 from measure import REPO, cifar_main, machine, machine_line, targets, write_doc_section
-from time_to_quality import _configs, reference_matches
+from time_to_quality import _configs, featurizer_and_reference
 
 from ganforge.config import read_params
 
@@ -43,8 +43,6 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     import torch
 
     from ganforge.config import OptimizeConfig, stage_config
-    from ganforge.evaluation.features import train_featurizer
-    from ganforge.evaluation.reference import compute_reference
     from ganforge.optimization.optimize import optimize
     from ganforge.training.loop import train
 
@@ -58,18 +56,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     else:
         print("preparing CIFAR-10 ...", flush=True)
         prepare_archive(args.archive, work)
-    if (work / "featurizer.safetensors").is_file():
-        reused.append("featurizer")
-    else:
-        featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs)
-        print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
-        train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
-    if reference_matches(reference_cfg, work):  # checked against these params, weights and versions
-        reused.append("reference statistics")
-    else:
-        print("reference statistics ...", flush=True)
-        compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
-                          work / "reference-metrics.json")
+    featurizer_and_reference(work, dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs), reference_cfg,
+                             reused)
     lite_dir = work / "lite"
     if (lite_dir / "train/generator-best.safetensors").is_file():
         reused.append("lite generator")

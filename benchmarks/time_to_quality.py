@@ -182,12 +182,29 @@ def results_name(max_images: int | None, minutes: float) -> str:
             + (f"_{minutes:g}min" if minutes != 30 else ""))
 
 
+def featurizer_and_reference(work: Path, featurizer_cfg, reference_cfg, reused: list[str]) -> None:
+    """Train the featurizer on ``work``/prepared and compute the reference statistics, each unless ``work``
+    already holds it for these settings (then it is named in ``reused``)."""
+    from ganforge.evaluation.features import train_featurizer
+    from ganforge.evaluation.reference import compute_reference, extractors
+
+    if (work / "featurizer.safetensors").is_file():
+        reused.append("featurizer")
+    else:
+        print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
+        train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
+    if reference_matches(reference_cfg, work):  # checked against these params, weights and versions
+        reused.append("reference statistics")
+    else:
+        print(f"reference statistics ({', '.join(extractors(reference_cfg))}) ...", flush=True)
+        compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
+                          work / "reference-metrics.json")
+
+
 def run(args: argparse.Namespace, work: Path) -> dict:
     import dataclasses
 
     from ganforge.evaluation.evaluate import evaluate
-    from ganforge.evaluation.features import train_featurizer
-    from ganforge.evaluation.reference import compute_reference, extractors
 
     results: dict = {"machine": machine(), "minutes": args.minutes, "threads_per_run": 1, "max_images": args.max_images,
                      "fid_interval_kimg": args.fid_interval_kimg, "fid_samples_inloop": args.fid_samples,
@@ -209,18 +226,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     featurizer_cfg = dataclasses.replace(featurizer_cfg, epochs=args.featurizer_epochs, max_minutes=None)
     if args.inception:  # the domain figures, and Inception FID-10k beside them
         reference_cfg = dataclasses.replace(reference_cfg, feature_extractor="inception-v3-compat")
-    if (work / "featurizer.safetensors").is_file():
-        results["reused"].append("featurizer")
-    else:
-        print(f"training the featurizer ({featurizer_cfg.epochs} epochs) ...", flush=True)
-        train_featurizer(featurizer_cfg, work / "prepared", work / "featurizer.safetensors", work / "featurizer.json")
+    featurizer_and_reference(work, featurizer_cfg, reference_cfg, results["reused"])
     results["featurizer"] = json.loads((work / "featurizer.json").read_text())
-    if reference_matches(reference_cfg, work):
-        results["reused"].append("reference statistics")
-    else:
-        print(f"reference statistics ({', '.join(extractors(reference_cfg))}) ...", flush=True)
-        compute_reference(reference_cfg, work / "prepared", work / "featurizer.safetensors", work / "reference",
-                          work / "reference-metrics.json")
 
     fresh = {name: run for name, run in args.runs.items() if not trained(work / name, run, args.minutes)}
     results["reused"] += [f"the {name} run" for name in args.runs if name not in fresh]
